@@ -1,0 +1,252 @@
+"""Experiment configuration: pydantic v2 models validated at the boundary.
+
+Every section is frozen and forbids unknown keys, so a typo in a YAML file or
+an override is an error naming the key and the valid keys at that level.
+
+    cfg = load_config("configs/deepfm_movielens.yaml", ["training.num_epochs=2"])
+    cfg.training.batch_size  # 1024
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is missing, malformed or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    dataset: str = "movielens-100k"  # adapter name, see ctr.data.get_adapter
+    data_dir: str = "data/ml-100k"  # directory holding u.data, u.item, u.user, ...
+    num_negatives: int = Field(4, ge=1)  # training negatives per positive, fresh each epoch
+    num_eval_negatives: int = Field(999, ge=1)  # sampled negatives per user for val/test
+    eval_seed: int = 2024  # fixed seed of the evaluation candidates (shared by all runs)
+
+
+class FeatureConfig(_Section):
+    embedding_dim: int = Field(16, ge=1)  # default embedding size of every field
+    # per-field override of embedding_dim, e.g. {"user_id": 32}
+    field_embedding_dims: dict[str, int] = Field(default_factory=dict)
+    max_genres: int = Field(6, ge=1)  # padded length of the multi-hot genre list
+
+
+class FMConfig(_Section):
+    # size of the shared space in which fields interact (FM, CIN, attention);
+    # fields whose embedding_dim differs are projected into it
+    embed_dim: int = Field(16, ge=1)
+
+
+class DNNConfig(_Section):
+    hidden_units: list[int] = Field(default_factory=lambda: [256, 128, 64], min_length=1)
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "prelu"] = "relu"
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    use_batch_norm: bool = False
+
+
+class CINConfig(_Section):
+    layer_sizes: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
+    split_half: bool = True  # xDeepFM paper: half of each layer feeds the next, half the output
+
+
+class AttentionConfig(_Section):
+    num_heads: int = Field(2, ge=1)
+    attention_dim: int = Field(16, ge=1)  # per-head size of Q/K/V
+    num_layers: int = Field(2, ge=1)
+    use_residual: bool = True
+
+
+class TrainingConfig(_Section):
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(65536, ge=1)  # rows scored per forward pass in evaluation
+    num_epochs: int = Field(40, ge=1)
+    learning_rate: float = Field(1.0e-3, gt=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)  # optimizer weight decay on all parameters
+    momentum: float = Field(0.9, ge=0.0)  # sgd only
+    scheduler: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: int = Field(10, ge=1)  # step scheduler: epochs between decays
+    gamma: float = Field(0.5, gt=0.0, le=1.0)  # step / plateau decay factor
+    loss: Literal["bce", "bpr"] = "bce"
+    l2_embedding: float = Field(0.0, ge=0.0)  # L2 penalty on embedding tables
+    grad_clip_norm: float | None = Field(None, gt=0.0)
+    monitor: str = "val_ndcg_at_10"  # metric for early stopping and the best checkpoint
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping_patience: int = Field(5, ge=0)  # 0 disables early stopping
+    full_ranking: bool = True  # also rank against the whole catalogue each epoch
+    checkpoint_dir: str = "checkpoints"
+    resume_from: str | None = None  # path of a checkpoint to continue from
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default
+
+
+class ExperimentConfig(_Section):
+    model_name: str = "deepfm"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    fm: FMConfig = Field(default_factory=FMConfig)
+    dnn: DNNConfig = Field(default_factory=DNNConfig)
+    cin: CINConfig = Field(default_factory=CINConfig)
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _check_monitor(self) -> ExperimentConfig:
+        if not self.training.monitor.startswith("val_"):
+            raise ValueError(
+                f"training.monitor must be a validation metric (val_*), got "
+                f"{self.training.monitor!r}: choosing on test numbers is not allowed"
+            )
+        return self
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {"training.learning_rate": 0.001, ...}."""
+        return flatten_dict(self.model_dump(mode="json"))
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "field_embedding_dims":
+            out.update(flatten_dict(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    """Raise ConfigError for keys the model does not know, listing the valid ones."""
+    valid = list(model.model_fields)
+    for key, value in raw.items():
+        if key not in model.model_fields:
+            raise ConfigError(
+                f"unknown config key {where + key!r}; valid keys"
+                f"{' under ' + where.rstrip('.') if where else ''}: {', '.join(valid)}"
+            )
+        annotation = model.model_fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(value, dict):
+                _check_keys(value, annotation, f"{where}{key}.")
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """'training.num_epochs=2' -> (['training', 'num_epochs'], 2). Values are YAML."""
+    if "=" not in override:
+        raise ConfigError(
+            f"override {override!r} is not of the form section.key=value "
+            f"(e.g. training.num_epochs=2)"
+        )
+    key, _, text = override.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    if isinstance(value, str):
+        value = _maybe_number(value)
+    return key.split("."), value
+
+
+def _maybe_number(text: str) -> Any:
+    # PyYAML reads '1e-3' as a string; accept it as a float in overrides.
+    try:
+        return float(text) if any(c in text for c in "eE.") else int(text)
+    except ValueError:
+        return text
+
+
+def _fix_yaml_floats(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str):
+        try:
+            return float(node) if ("e" in node.lower() and node[0] in "0123456789.+-") else node
+        except ValueError:
+            return node
+    return node
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"):
+    """Validate a raw nested dict plus overrides into an ExperimentConfig."""
+    raw = _fix_yaml_floats(dict(raw))
+    _check_keys(raw, ExperimentConfig, "")
+    for override in overrides or []:
+        path, value = parse_override(override)
+        node: dict[str, Any] = raw
+        model: type[BaseModel] = ExperimentConfig
+        for i, part in enumerate(path):
+            if part not in model.model_fields:
+                where = ".".join(path[:i])
+                raise ConfigError(
+                    f"unknown config key {'.'.join(path[: i + 1])!r} in override {override!r}; "
+                    f"valid keys{' under ' + where if where else ''}: "
+                    f"{', '.join(model.model_fields)}"
+                )
+            if i == len(path) - 1:
+                node[part] = value
+                break
+            annotation = model.model_fields[part].annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ConfigError(
+                    f"override {override!r}: {'.'.join(path[: i + 1])!r} is a value, not a section"
+                )
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(path[: i + 1])!r} in {source} must be a mapping")
+            model = annotation
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+
+
+def load_config(
+    yaml_path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (or start from defaults when None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found: {path} (the configs shipped with ctr are in configs/)"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        raw = loaded
+        source = str(path)
+    return build_config(raw, overrides, source)
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (load_config reads it back identically)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The experiment-tracking service around MLflow: tracking, compare, promote, serving."""
