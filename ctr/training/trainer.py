@@ -1,0 +1,499 @@
+"""The Trainer: optimisation, evaluation, early stopping, checkpoints, callbacks.
+
+The model owns no infrastructure; everything that is not the forward pass lives
+here. One epoch:
+
+    rows = train_ds.sample_epoch(epoch, seed)        # positives + fresh negatives
+    for batch in rows (permuted, batch_size):        # bce; bpr pairs rows per positive
+        loss = criterion(model(batch)) + l2 * model.get_l2_reg_loss()
+        step (with optional gradient clipping)
+    metrics = val evaluator (sampled + full ranking)
+    scheduler, checkpoints (last, and best on the monitor), early stopping, callbacks
+
+Randomness is derived from (seed, epoch) at the start of every epoch, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ctr.config import ExperimentConfig
+from ctr.data.schema import DatasetSchema
+from ctr.training.callbacks import Callback, TrainingContext
+from ctr.utils import get_logger, load_checkpoint, save_checkpoint
+
+logger = get_logger("ctr.trainer")
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device=cuda but CUDA is not available; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("training.device=mps but MPS is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def _build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, cfg):
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.num_epochs)
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=cfg.monitor_mode, factor=cfg.gamma, patience=max(1, cfg.step_size // 5)
+        )
+    return None
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, epoch: int, enabled: bool) -> None:
+        self.total, self.epoch, self.enabled = total, epoch, enabled
+        self.last = 0.0
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        width = 30
+        filled = int(width * done / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\repoch {self.epoch:3d} [{bar}] {done}/{self.total} loss {loss:.4f}")
+        if done >= self.total:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+        sys.stderr.flush()
+
+
+class Trainer:
+    """Trains a ctr model on a negative-sampling train set and ranks val/test.
+
+    Args:
+        model: a ctr model (forward(batch) -> logits (B, 1), get_l2_reg_loss()).
+        schema: the data set's schema (saved in checkpoints).
+        config: the resolved ExperimentConfig.
+        train_ds: has sample_epoch(epoch, seed) -> TabularDataset whose rows
+            [0, N) are positives and row N + i*K + j is negative j of positive i.
+        val_ds, test_ds: EvalSplit objects (see ctr.data.dataset).
+        callbacks: Callback instances, called in order.
+        checkpoint_dir: where best.pt / last.pt go (default: a fresh directory
+            under config.training.checkpoint_dir).
+        preprocessor: data-set encoders, passed on to callbacks.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        schema: DatasetSchema,
+        config: ExperimentConfig,
+        train_ds,
+        val_ds,
+        test_ds,
+        callbacks: list[Callback] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        preprocessor: Any = None,
+    ) -> None:
+        from ctr.training.metrics import RankingEvaluator
+
+        self.config = config
+        self.cfg = config.training
+        self.schema = schema
+        self.train_ds, self.val_ds, self.test_ds = train_ds, val_ds, test_ds
+        self.callbacks = list(callbacks or [])
+        self.preprocessor = preprocessor
+        if self.cfg.num_threads is not None:
+            torch.set_num_threads(self.cfg.num_threads)
+        self.device = resolve_device(self.cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = _build_optimizer(self.model, self.cfg)
+        self.scheduler = _build_scheduler(self.optimizer, self.cfg)
+        if checkpoint_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            checkpoint_dir = Path(self.cfg.checkpoint_dir) / f"{config.model_name}-{stamp}"
+        self.checkpoint_dir = Path(checkpoint_dir)
+        eval_kwargs = dict(
+            batch_size=self.cfg.eval_batch_size,
+            full_ranking=self.cfg.full_ranking,
+            device=self.device,
+        )
+        self.val_evaluator = RankingEvaluator(val_ds, **eval_kwargs) if val_ds else None
+        self.test_evaluator = RankingEvaluator(test_ds, **eval_kwargs) if test_ds else None
+        self.monitor = self.cfg.monitor
+        self.sign = 1.0 if self.cfg.monitor_mode == "max" else -1.0
+        # state that a checkpoint carries
+        self.epoch = 0
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ steps
+    def _loss_bce(self, batch, labels) -> torch.Tensor:
+        logits = self.model(batch).squeeze(-1)  # (B,)
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def _train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        rows = self.train_ds.sample_epoch(epoch, self.config.seed)
+        generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
+        torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1)  # dropout
+        if self.device.type != "cpu":
+            rows = _move_dataset(rows, self.device)
+        self.model.train()
+        total, count = torch.zeros((), device=self.device), 0
+        show = sys.stderr.isatty()
+        if cfg.loss == "bce":
+            batches = rows.iter_batches(cfg.batch_size, shuffle=True, generator=generator)
+            num_batches = rows.num_batches(cfg.batch_size)
+        else:
+            batches = self._bpr_batches(rows, generator)
+            n_pos = self.train_ds.num_positives
+            num_batches = -(-n_pos // max(1, cfg.batch_size // (1 + self.train_ds.num_negatives)))
+        progress = _Progress(num_batches, epoch, show)
+        for i, (batch, labels) in enumerate(batches):
+            if self.device.type != "cpu":
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                labels = labels.to(self.device, non_blocking=True)
+            if cfg.loss == "bce":
+                loss = self._loss_bce(batch, labels)
+            else:
+                loss = self._loss_bpr(batch)
+            if cfg.l2_embedding > 0:
+                loss = loss + cfg.l2_embedding * self.model.get_l2_reg_loss()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
+            self.optimizer.step()
+            total += loss.detach()
+            count += 1
+            if show:
+                progress.update(i + 1, float(total) / count)
+        mean_loss = float(total) / max(count, 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"training loss became {mean_loss} in epoch {epoch}; lower "
+                f"training.learning_rate (now {cfg.learning_rate}) or set training.grad_clip_norm"
+            )
+        return mean_loss
+
+    def _bpr_batches(self, rows, generator):
+        """Batches of whole groups: b positives followed by their b*K negatives."""
+        n = self.train_ds.num_positives
+        k = self.train_ds.num_negatives
+        per_batch = max(1, self.cfg.batch_size // (1 + k))
+        order = torch.randperm(n, generator=generator)
+        offsets = torch.arange(k)
+        for start in range(0, n, per_batch):
+            pos = order[start : start + per_batch]  # (b,)
+            neg = (n + pos.unsqueeze(1) * k + offsets).reshape(-1)  # (b*K,)
+            yield rows.take(torch.cat([pos, neg]))
+
+    def _loss_bpr(self, batch) -> torch.Tensor:
+        k = self.train_ds.num_negatives
+        logits = self.model(batch).squeeze(-1)  # (b + b*K,)
+        b = logits.shape[0] // (1 + k)
+        pos, neg = logits[:b], logits[b:].view(b, k)  # (b,), (b, K)
+        return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
+
+    # ------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "model_name": self.config.model_name,
+            "config": self.config.model_dump(mode="json"),
+            "schema": self.schema.to_dict(),
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler else None,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+        }
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by this trainer (best.pt or last.pt)."""
+        state = load_checkpoint(path, self.device)
+        if state.get("model_name") != self.config.model_name:
+            raise ValueError(
+                f"checkpoint {path} holds model {state.get('model_name')!r}, "
+                f"but the config trains {self.config.model_name!r}"
+            )
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        if self.scheduler is not None and state.get("scheduler_state") is not None:
+            self.scheduler.load_state_dict(state["scheduler_state"])
+        self.epoch = state["epoch"]
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+        self.history = list(state["history"])
+        # keep the best epoch's weights reachable from this run's directory
+        source_best = Path(path).parent / "best.pt"
+        target_best = self.checkpoint_dir / "best.pt"
+        if source_best.is_file() and source_best.resolve() != target_best.resolve():
+            save_checkpoint(load_checkpoint(source_best, "cpu"), target_best)
+        logger.info("resumed from %s at epoch %d", path, self.epoch)
+
+    def _notify(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    # -------------------------------------------------------------------- fit
+    def fit(self) -> dict[str, Any]:
+        """Train until num_epochs or early stopping; return the summary dict."""
+        cfg = self.cfg
+        context = TrainingContext(
+            config=self.config,
+            schema=self.schema,
+            model=self.model,
+            num_params=sum(p.numel() for p in self.model.parameters()),
+            device=str(self.device),
+            checkpoint_dir=self.checkpoint_dir,
+            val_split=self.val_ds,
+            test_split=self.test_ds,
+            preprocessor=self.preprocessor,
+        )
+        try:
+            if cfg.resume_from:
+                self.resume(cfg.resume_from)
+            self._notify("on_train_begin", context)
+            stopped_early = False
+            while self.epoch < cfg.num_epochs:
+                epoch = self.epoch + 1
+                t0 = time.perf_counter()
+                train_loss = self._train_epoch(epoch)
+                train_seconds = time.perf_counter() - t0
+                lr = self.optimizer.param_groups[0]["lr"]
+                metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
+                t1 = time.perf_counter()
+                if self.val_evaluator is not None:
+                    metrics.update(self.val_evaluator.evaluate(self.model))
+                metrics["epoch_seconds"] = train_seconds
+                metrics["eval_seconds"] = time.perf_counter() - t1
+                if self.monitor not in metrics:
+                    raise ValueError(
+                        f"training.monitor={self.monitor!r} is not a validation metric; "
+                        f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
+                    )
+                self.epoch = epoch
+                self.history.append({"epoch": epoch, **metrics})
+                value = self.sign * metrics[self.monitor]
+                improved = value > self.best_value
+                if improved:
+                    self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+                else:
+                    self.bad_epochs += 1
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(metrics[self.monitor])
+                elif self.scheduler is not None:
+                    self.scheduler.step()
+                logger.info(
+                    "epoch %d/%d train_loss %.4f %s %.4f val_auc %.4f%s (%.1fs + eval %.1fs)",
+                    epoch,
+                    cfg.num_epochs,
+                    train_loss,
+                    self.monitor,
+                    metrics[self.monitor],
+                    metrics.get("val_auc", float("nan")),
+                    " *" if improved else "",
+                    train_seconds,
+                    metrics["eval_seconds"],
+                )
+                self._notify("on_epoch_end", epoch, metrics)
+                state = self._state()
+                last = save_checkpoint(state, self.checkpoint_dir / "last.pt")
+                self._notify("on_checkpoint", epoch, last, False)
+                if improved:
+                    best = save_checkpoint(state, self.checkpoint_dir / "best.pt")
+                    self._notify("on_checkpoint", epoch, best, True)
+                if cfg.early_stopping_patience and self.bad_epochs >= cfg.early_stopping_patience:
+                    logger.info(
+                        "early stopping after epoch %d: %s has not improved for %d epochs "
+                        "(best %.4f at epoch %d)",
+                        epoch,
+                        self.monitor,
+                        self.bad_epochs,
+                        self.sign * self.best_value,
+                        self.best_epoch,
+                    )
+                    stopped_early = True
+                    break
+            summary = self._finish(stopped_early)
+        except BaseException as exc:
+            self._notify("on_exception", exc)
+            raise
+        self._notify("on_train_end", summary)
+        return summary
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        best_path = self.checkpoint_dir / "best.pt"
+        if best_path.is_file():
+            self.model.load_state_dict(load_checkpoint(best_path, self.device)["model_state"])
+        summary: dict[str, Any] = {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epoch,
+            "stopped_early": stopped_early,
+            "seconds_per_epoch": (
+                sum(h["epoch_seconds"] for h in self.history) / max(len(self.history), 1)
+            ),
+            "best_checkpoint": str(best_path),
+            "last_checkpoint": str(self.checkpoint_dir / "last.pt"),
+        }
+        best_row = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        if best_row is not None:
+            for key, value in best_row.items():
+                if key.startswith("val_"):
+                    summary[f"best_{key}"] = value
+        if self.test_evaluator is not None:
+            summary.update(self.test_evaluator.evaluate(self.model))
+        return summary
+
+
+def _move_dataset(ds, device):
+    from ctr.data.dataset import TabularDataset
+
+    moved = TabularDataset.__new__(TabularDataset)
+    moved.features = {k: v.to(device) for k, v in ds.features.items()}
+    moved.labels = ds.labels.to(device)
+    moved._n = len(ds)
+    return moved
+
+
+@dataclass
+class TrainResult:
+    """What `fit` returns: the best model and everything needed to log or serve it."""
+
+    model: torch.nn.Module
+    schema: DatasetSchema
+    config: ExperimentConfig
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+    preprocessor: Any = None
+    val_split: Any = None
+    test_split: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_data_dir(data_dir: str | Path) -> Path:
+    """A relative data_dir is looked up in the working directory, then in the
+    project root (so `ctr train` works from anywhere inside a checkout)."""
+    path = Path(data_dir)
+    if path.is_absolute() or path.exists():
+        return path
+    project_root = Path(__file__).resolve().parents[2]
+    candidate = project_root / path
+    return candidate if candidate.exists() else path
+
+
+def build_data(config: ExperimentConfig):
+    """(adapter, schema, train_ds, val_ds, test_ds) for the config's data set."""
+    from ctr.data import get_adapter
+
+    adapter = get_adapter(
+        config.data.dataset, resolve_data_dir(config.data.data_dir), config.data, config.features
+    )
+    schema, train_ds, val_ds, test_ds = adapter.build()
+    return adapter, schema, train_ds, val_ds, test_ds
+
+
+def fit(
+    config: ExperimentConfig,
+    callbacks: list[Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Build the data and model for `config`, train, and return the best model."""
+    from ctr.models import create_model
+    from ctr.utils import seed_everything
+
+    adapter, schema, train_ds, val_ds, test_ds = build_data(config)
+    seed_everything(config.seed)
+    model = create_model(config.model_name, schema, config)
+    trainer = Trainer(
+        model,
+        schema,
+        config,
+        train_ds,
+        val_ds,
+        test_ds,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        preprocessor=getattr(adapter, "preprocessor", None),
+    )
+    summary = trainer.fit()
+    return TrainResult(
+        model=trainer.model,
+        schema=schema,
+        config=config,
+        summary=summary,
+        history=trainer.history,
+        preprocessor=getattr(adapter, "preprocessor", None),
+        val_split=val_ds,
+        test_split=test_ds,
+    )
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict[str, float]:
+    """Rebuild the data and model stored in a checkpoint and evaluate one split."""
+    from ctr.models import create_model
+    from ctr.training.metrics import RankingEvaluator
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    state = load_checkpoint(path, "cpu")
+    config = ExperimentConfig.model_validate(state["config"])
+    _, schema, _, val_ds, test_ds = build_data(config)
+    saved_schema = DatasetSchema.from_dict(state["schema"])
+    if saved_schema != schema:
+        raise ValueError(
+            f"checkpoint {path} was trained on a different schema than the data builds now "
+            f"({saved_schema.field_names} vs {schema.field_names}); were the data files changed?"
+        )
+    model = create_model(config.model_name, schema, config)
+    model.load_state_dict(state["model_state"])
+    device = resolve_device(config.training.device)
+    evaluator = RankingEvaluator(
+        val_ds if split == "val" else test_ds,
+        batch_size=config.training.eval_batch_size,
+        full_ranking=True,
+        device=device,
+    )
+    return evaluator.evaluate(model.to(device))
