@@ -23,7 +23,8 @@ The adapter only reads: it writes nothing, anywhere.
 
 from __future__ import annotations
 
-import re
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,23 @@ def _how_to_get(data_dir: Path) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_delimited(
-    path: Path, sep: str, num_fields: int, encoding: str = "utf-8"
+def _read_table(
+    path: Path,
+    sep: str,
+    num_fields: int,
+    int_columns: dict[int, str],
+    encoding: str = "utf-8",
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Split a delimited text file into string columns, checking the field count.
+    """Read a delimited text file with a checked field count and integer columns.
 
-    Blank lines are skipped. Returns (columns 0..num_fields-1, 1-based line number
-    of each row).
+    Args:
+        int_columns: column -> what it holds (for error messages), parsed as int64;
+            the other columns stay strings.
+
+    Returns:
+        (columns 0..num_fields-1, 1-based line number of each row). Empty lines
+        are skipped; any other malformed line raises a ValueError naming the file
+        and the line.
     """
     try:
         text = path.read_text(encoding=encoding)
@@ -95,40 +106,57 @@ def _read_delimited(
         raise ValueError(
             f"{path}: expected {encoding} text, got undecodable bytes ({exc})"
         ) from None
-    lines = pd.Series(text.split("\n"), dtype=object).str.rstrip("\r")
-    keep = (lines.str.strip() != "").to_numpy()
-    line_no = np.flatnonzero(keep) + 1
-    lines = lines[keep].reset_index(drop=True)
-    if lines.empty:
+    kept = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.rstrip("\r")]
+    if not kept:
         raise ValueError(f"{path} is empty; {_how_to_get(path.parent)}")
-    counts = lines.str.count(re.escape(sep)).to_numpy() + 1
+    line_no = np.fromiter((n for n, _ in kept), dtype=np.int64, count=len(kept))
+    counts = np.fromiter((line.count(sep) + 1 for _, line in kept), np.int64, len(kept))
     bad = np.flatnonzero(counts != num_fields)
+    if bad.size:
+        n, line = kept[bad[0]]
+        raise ValueError(
+            f"{path}, line {n}: expected {num_fields} fields separated by {sep!r}, "
+            f"got {counts[bad[0]]}: {line[:120]!r}"
+        )
+    options = {
+        "sep": sep,
+        "header": None,
+        "names": list(range(num_fields)),
+        "quoting": csv.QUOTE_NONE,
+        "na_filter": False,
+        "skip_blank_lines": True,
+    }
+    dtypes = {c: (np.int64 if c in int_columns else object) for c in range(num_fields)}
+    try:  # the C parser converts the integer columns in one pass ...
+        table = pd.read_csv(io.StringIO(text), dtype=dtypes, **options)
+    except ValueError:  # ... and on a bad value, find it (and its line) column by column
+        table = pd.read_csv(io.StringIO(text), dtype=object, **options)
+        for column, what in int_columns.items():
+            table[column] = _parse_int(table[column], line_no, path, what)
+    assert len(table) == len(line_no), (path, len(table), len(line_no))
+    return table, line_no
+
+
+def _parse_int(column: pd.Series, line_no: np.ndarray, path: Path, what: str) -> np.ndarray:
+    values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(np.isnan(values) | (values != np.round(values)))
     if bad.size:
         i = bad[0]
         raise ValueError(
-            f"{path}, line {line_no[i]}: expected {num_fields} fields separated by {sep!r}, "
-            f"got {counts[i]}: {lines[i][:120]!r}"
-        )
-    if num_fields == 1:
-        return lines.to_frame(0), line_no
-    return lines.str.split(sep, expand=True, regex=False), line_no
-
-
-def _parse_int(
-    column: pd.Series, line_no: np.ndarray, path: Path, what: str, allowed: tuple | None = None
-) -> np.ndarray:
-    values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) | (values != np.round(values))
-    if allowed is not None:
-        bad |= ~np.isin(values, allowed)
-    bad_rows = np.flatnonzero(bad)
-    if bad_rows.size:
-        i = bad_rows[0]
-        expected = f"one of {allowed}" if allowed is not None else "an integer"
-        raise ValueError(
-            f"{path}, line {line_no[i]}: expected {what} to be {expected}, got {column.iloc[i]!r}"
+            f"{path}, line {line_no[i]}: expected {what} to be an integer, got {column.iloc[i]!r}"
         )
     return values.astype(np.int64)
+
+
+def _check_allowed(
+    values: np.ndarray, allowed: tuple, line_no: np.ndarray, path: Path, what: str
+) -> None:
+    bad = np.flatnonzero(~np.isin(values, allowed))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"{path}, line {line_no[i]}: expected {what} to be one of {allowed}, got {values[i]!r}"
+        )
 
 
 def _check_unique(ids: np.ndarray, line_no: np.ndarray, path: Path, what: str) -> None:
@@ -169,8 +197,8 @@ def read_movielens(data_dir: str | Path) -> MovieLensRaw:
         )
 
     path = data_dir / "u.genre"
-    cols, line_no = _read_delimited(path, "|", 2, encoding="latin-1")
-    genre_index = _parse_int(cols[1], line_no, path, "the genre index")
+    cols, line_no = _read_table(path, "|", 2, {1: "the genre index"}, encoding="latin-1")
+    genre_index = cols[1].to_numpy()
     if sorted(genre_index.tolist()) != list(range(len(genre_index))):
         raise ValueError(
             f"{path}: expected genre indices 0..{len(genre_index) - 1}, got {genre_index.tolist()}"
@@ -178,25 +206,19 @@ def read_movielens(data_dir: str | Path) -> MovieLensRaw:
     genre_names = cols[0].to_numpy(dtype=object)[np.argsort(genre_index)].tolist()
 
     path = data_dir / "u.occupation"
-    cols, _ = _read_delimited(path, "|", 1, encoding="latin-1")
-    occupations = cols[0].str.strip().tolist()
+    cols, _ = _read_table(path, "|", 1, {}, encoding="latin-1")
+    occupations = [str(v).strip() for v in cols[0]]
 
     path = data_dir / "u.user"
-    cols, line_no = _read_delimited(path, "|", 5, encoding="latin-1")
-    user_ids = _parse_int(cols[0], line_no, path, "the user id")
+    cols, line_no = _read_table(path, "|", 5, {0: "the user id", 1: "the age"}, encoding="latin-1")
+    user_ids = cols[0].to_numpy()
     _check_unique(user_ids, line_no, path, "user id")
     occupation = cols[3].str.strip().to_numpy(dtype=object)
-    bad = np.flatnonzero(~np.isin(occupation, occupations))
-    if bad.size:
-        i = bad[0]
-        raise ValueError(
-            f"{path}, line {line_no[i]}: expected an occupation listed in u.occupation, "
-            f"got {occupation[i]!r}"
-        )
+    _check_allowed(occupation, tuple(occupations), line_no, path, "the occupation")
     users = pd.DataFrame(
         {
             "user_id": user_ids,
-            "age": _parse_int(cols[1], line_no, path, "the age"),
+            "age": cols[1].to_numpy(),
             "gender": cols[2].str.strip().to_numpy(dtype=object),
             "occupation": occupation,
             "zip_code": cols[4].str.strip().to_numpy(dtype=object),
@@ -205,16 +227,16 @@ def read_movielens(data_dir: str | Path) -> MovieLensRaw:
     users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
 
     path = data_dir / "u.item"
-    cols, line_no = _read_delimited(path, "|", 5 + len(genre_names), encoding="latin-1")
-    movie_ids = _parse_int(cols[0], line_no, path, "the movie id")
+    num_genres = len(genre_names)
+    flag_columns = {5 + g: f"the {name!r} flag" for g, name in enumerate(genre_names)}
+    cols, line_no = _read_table(
+        path, "|", 5 + num_genres, {0: "the movie id", **flag_columns}, encoding="latin-1"
+    )
+    movie_ids = cols[0].to_numpy()
     _check_unique(movie_ids, line_no, path, "movie id")
-    flags = np.stack(
-        [
-            _parse_int(cols[5 + g], line_no, path, f"the {genre_names[g]!r} flag", (0, 1))
-            for g in range(len(genre_names))
-        ],
-        axis=1,
-    ).astype(bool)  # (I, G)
+    flags = cols[list(flag_columns)].to_numpy()  # (I, G)
+    for g, what in enumerate(flag_columns.values()):
+        _check_allowed(flags[:, g], (0, 1), line_no, path, what)
     rows, genre_cols = np.nonzero(flags)
     names = np.asarray(genre_names, dtype=object)
     per_item = np.split(names[genre_cols], np.cumsum(np.bincount(rows, minlength=len(flags)))[:-1])
@@ -222,21 +244,15 @@ def read_movielens(data_dir: str | Path) -> MovieLensRaw:
         {
             "movie_id": movie_ids,
             "title": cols[1].to_numpy(dtype=object),
-            "genres": [list(g) for g in per_item],
+            "genres": [g.tolist() for g in per_item],
         }
     )
     items = items.sort_values("movie_id", kind="stable").reset_index(drop=True)
 
     path = data_dir / "u.data"
-    cols, line_no = _read_delimited(path, "\t", 4)
-    ratings = pd.DataFrame(
-        {
-            "user_id": _parse_int(cols[0], line_no, path, "the user id"),
-            "movie_id": _parse_int(cols[1], line_no, path, "the movie id"),
-            "rating": _parse_int(cols[2], line_no, path, "the rating"),
-            "timestamp": _parse_int(cols[3], line_no, path, "the timestamp"),
-        }
-    )
+    fields = ("user_id", "movie_id", "rating", "timestamp")
+    cols, line_no = _read_table(path, "\t", 4, {i: f"the {f}" for i, f in enumerate(fields)})
+    ratings = pd.DataFrame({f: cols[i].to_numpy() for i, f in enumerate(fields)})
     for column, table, source in (("user_id", users, "u.user"), ("movie_id", items, "u.item")):
         unknown = np.flatnonzero(~np.isin(ratings[column].to_numpy(), table[column].to_numpy()))
         if unknown.size:
@@ -588,6 +604,7 @@ class MovieLensAdapter:
         train_ds = NegativeSamplingTrainSet(
             positives,
             user_rows[is_train],
+            item_rows[is_train],
             user_features,
             item_features,
             train_mask,
@@ -668,10 +685,13 @@ class MovieLensAdapter:
         slot[split_users] = np.arange(len(split_users))
         owner = slot[user_rows]
         keep = (owner >= 0) & ~in_split
-        pairs = np.unique(np.stack([owner[keep], item_rows[keep]], axis=1), axis=0)
-        pairs = pairs[pairs[:, 1] != positive[pairs[:, 0]]]
+        num_items = known_mask.shape[1]
+        pair_keys = np.unique(owner[keep] * num_items + item_rows[keep])  # sorted by (user, item)
+        owners, items = np.divmod(pair_keys, num_items)
+        other = items != positive[owners]  # a repeated rating of the positive stays rankable
+        owners, items = owners[other], items[other]
         indptr = np.zeros(len(split_users) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum(np.bincount(pairs[:, 0], minlength=len(split_users)))
+        indptr[1:] = np.cumsum(np.bincount(owners, minlength=len(split_users)))
 
         u_t = torch.from_numpy(split_users)
         return EvalSplit(
@@ -685,5 +705,5 @@ class MovieLensAdapter:
             item_ids=item_ids.copy(),
             positive_item_index=positive.astype(np.int64),
             exclude_indptr=indptr,
-            exclude_items=pairs[:, 1].astype(np.int64),
+            exclude_items=items.astype(np.int64),
         )

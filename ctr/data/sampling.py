@@ -121,6 +121,8 @@ class NegativeSamplingTrainSet:
     Args:
         positives: the N training positives (label 1).
         user_rows: (N,) row of each positive's user in `user_features` / `train_mask`.
+        item_rows: (N,) row of each positive's item in `item_features` / `train_mask`;
+            `positives` must hold exactly the features at (user_rows, item_rows).
         user_features: field -> (U, ...) encoded user-side columns.
         item_features: field -> (I, ...) encoded item-side columns (the catalogue).
         train_mask: (U, I) bool, the TRAINING interactions only.
@@ -132,6 +134,7 @@ class NegativeSamplingTrainSet:
         self,
         positives: TabularDataset,
         user_rows: np.ndarray,
+        item_rows: np.ndarray,
         user_features: dict[str, torch.Tensor],
         item_features: dict[str, torch.Tensor],
         train_mask: np.ndarray,
@@ -141,8 +144,11 @@ class NegativeSamplingTrainSet:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         n = len(positives)
-        if user_rows.shape != (n,):
-            raise ValueError(f"expected user_rows of shape ({n},), got {user_rows.shape}")
+        if user_rows.shape != (n,) or item_rows.shape != (n,):
+            raise ValueError(
+                f"expected user_rows and item_rows of shape ({n},), got "
+                f"{user_rows.shape} and {item_rows.shape}"
+            )
         unknown = [
             f for f in positives.features if f not in user_features and f not in item_features
         ]
@@ -164,7 +170,9 @@ class NegativeSamplingTrainSet:
         self.train_mask = train_mask
         self.num_negatives = int(num_negatives)
         self.item_ids = item_ids
+        self.item_rows = np.asarray(item_rows, dtype=np.int64)
         self._user_rows_t = torch.from_numpy(self.user_rows)
+        self._item_rows_t = torch.from_numpy(self.item_rows)
         self._labels = torch.cat(
             [torch.ones(n, dtype=torch.float32), torch.zeros(n * self.num_negatives)]
         )
@@ -190,12 +198,17 @@ class NegativeSamplingTrainSet:
     def sample_epoch(self, epoch: int, seed: int) -> TabularDataset:
         """Positives followed by K fresh negatives each: N * (1 + K) rows."""
         neg_items = torch.from_numpy(self.negative_items(epoch, seed).reshape(-1))  # (N*K,)
-        neg_users = self._user_rows_t.repeat_interleave(self.num_negatives)  # (N*K,)
-        columns = {}
-        for name, pos in self.positives.features.items():
-            if name in self.user_features:
-                neg = self.user_features[name].index_select(0, neg_users)
-            else:
-                neg = self.item_features[name].index_select(0, neg_items)
-            columns[name] = torch.cat([pos, neg])
+        # one gather per field from the small user / item tables, positives included
+        users = torch.cat(
+            [self._user_rows_t, self._user_rows_t.repeat_interleave(self.num_negatives)]
+        )
+        items = torch.cat([self._item_rows_t, neg_items])  # (N*(1+K),)
+        columns = {
+            name: (
+                self.user_features[name].index_select(0, users)
+                if name in self.user_features
+                else self.item_features[name].index_select(0, items)
+            )
+            for name in self.positives.features
+        }
         return TabularDataset(columns, self._labels.clone())
