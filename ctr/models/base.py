@@ -1,0 +1,106 @@
+"""BaseCTRModel: the embedding layer plus model-specific components, returning logits.
+
+A model is built from a DatasetSchema and an ExperimentConfig only, so it can
+be re-created anywhere from the artifacts of a run; both are kept on the model
+(plain picklable objects) and travel with it when it is pickled.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ctr.config import ExperimentConfig
+from ctr.data.schema import DatasetSchema
+from ctr.models.layers import FeatureEmbedding
+
+MODEL_REGISTRY: dict[str, type[BaseCTRModel]] = {}
+
+
+def register_model(name: str):
+    """Class decorator: add a BaseCTRModel subclass to MODEL_REGISTRY under `name`."""
+
+    def decorator(cls: type[BaseCTRModel]) -> type[BaseCTRModel]:
+        if not (isinstance(cls, type) and issubclass(cls, BaseCTRModel)):
+            raise ValueError(f"expected a BaseCTRModel subclass for {name!r}, got {cls!r}")
+        if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
+            raise ValueError(
+                f"model name {name!r} is already registered to {MODEL_REGISTRY[name].__name__}; "
+                f"choose another name"
+            )
+        cls.model_name = name
+        MODEL_REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+class BaseCTRModel(nn.Module, ABC):
+    """Abstract CTR model: forward(batch) -> logits (B, 1).
+
+    Subclasses build their layers in `_build_components` (self.schema, self.config
+    and self.embedding are available) and combine the embedding outputs in
+    `_forward_components`. Optimizer, device, checkpoints and logging belong to
+    the trainer, not the model.
+
+    Args:
+        schema: the input fields.
+        config: the experiment config; the model reads config.fm.embed_dim and its
+            own sections (dnn, cin, attention).
+    """
+
+    model_name: ClassVar[str] = ""
+    # False for purely linear models: no second-order embeddings are built.
+    uses_embeddings: ClassVar[bool] = True
+
+    def __init__(self, schema: DatasetSchema, config: ExperimentConfig) -> None:
+        super().__init__()
+        if not isinstance(schema, DatasetSchema):
+            raise ValueError(f"expected a DatasetSchema, got {type(schema).__name__}")
+        if not isinstance(config, ExperimentConfig):
+            raise ValueError(
+                f"expected an ExperimentConfig (see ctr.config.load_config), "
+                f"got {type(config).__name__}"
+            )
+        self.schema = schema
+        self.config = config
+        self.embedding = FeatureEmbedding(
+            schema, config.fm.embed_dim, second_order=self.uses_embeddings
+        )
+        self._build_components()
+
+    @abstractmethod
+    def _build_components(self) -> None:
+        """Create the model's layers."""
+
+    @abstractmethod
+    def _forward_components(
+        self,
+        first_order: torch.Tensor,
+        field_embeddings: torch.Tensor | None,
+        flat_embeddings: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, 1), (B, F, D), (B, total_embedding_dim) -> logits (B, 1)."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batch dict of field tensors -> logits (B, 1)."""
+        first_order, field_embeddings, flat_embeddings = self.embedding(batch)
+        return self._forward_components(first_order, field_embeddings, flat_embeddings)
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Click probabilities (B, 1). Call .eval() first to turn dropout off."""
+        return torch.sigmoid(self(batch))
+
+    def get_l2_reg_loss(self) -> torch.Tensor:
+        """Sum of squared embedding weights (tables and dense-field vectors), a scalar."""
+        return sum(p.square().sum() for p in self.embedding.embedding_parameters())
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"model_name={self.model_name!r}, num_fields={self.schema.num_fields}"

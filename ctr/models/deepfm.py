@@ -1,0 +1,45 @@
+"""DeepFM (Guo et al., IJCAI 2017)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctr.models.base import BaseCTRModel, register_model
+from ctr.models.layers import DNN, FMInteraction
+
+
+@register_model("deepfm")
+class DeepFM(BaseCTRModel):
+    """DeepFM: an FM and a DNN sharing the same field embeddings (eq. 1 of the paper).
+
+        y = sigmoid(y_FM + y_DNN)
+        y_FM  = w_0 + sum_i w_i(x_i) + sum_{i<j} <e_i, e_j>
+        y_DNN = w_out^T DNN([e_1; ...; e_F]) + b_out
+
+    The FM part uses the fields in the shared space (config.fm.embed_dim); the
+    DNN reads the concatenation of each field's own-dim embedding. The model
+    returns the logit y_FM + y_DNN.
+    """
+
+    def _build_components(self) -> None:
+        cfg = self.config.dnn
+        self.fm = FMInteraction()
+        self.dnn = DNN(
+            self.embedding.total_embedding_dim,
+            cfg.hidden_units,
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+            use_batch_norm=cfg.use_batch_norm,
+        )
+        self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
+
+    def _forward_components(
+        self,
+        first_order: torch.Tensor,
+        field_embeddings: torch.Tensor | None,
+        flat_embeddings: torch.Tensor | None,
+    ) -> torch.Tensor:
+        y_fm = first_order + self.fm(field_embeddings)  # (B, 1)
+        y_dnn = self.dnn_out(self.dnn(flat_embeddings))  # (B, 1)
+        return y_fm + y_dnn

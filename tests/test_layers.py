@@ -1,0 +1,381 @@
+"""Layer tests: shapes, and each fast formula against an explicit loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
+from ctr.models.layers import CIN, DNN, FeatureEmbedding, FMInteraction, MultiHeadSelfAttention
+
+B = 6
+
+
+def make_schema(genres_length: int = 4) -> DatasetSchema:
+    """Fields interleaved by type, with differing embedding dims (fm space: 8)."""
+    return DatasetSchema(
+        (
+            FieldSchema("user_id", FeatureType.SPARSE, 11, 8),
+            FieldSchema("genres", FeatureType.SEQUENCE, 7, 8, max_length=genres_length),
+            FieldSchema("price", FeatureType.DENSE, 1, 4),
+            FieldSchema("movie_id", FeatureType.SPARSE, 13, 4),
+            FieldSchema("tags", FeatureType.SEQUENCE, 5, 8, max_length=3, combiner="sum"),
+            FieldSchema("gender", FeatureType.SPARSE, 3, 8),
+        )
+    )
+
+
+def make_batch(schema: DatasetSchema, batch_size: int = B, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for f in schema.fields:
+        if f.feature_type is FeatureType.SPARSE:
+            batch[f.name] = torch.randint(0, f.vocabulary_size, (batch_size,), generator=g)
+        elif f.feature_type is FeatureType.DENSE:
+            batch[f.name] = torch.rand(batch_size, generator=g) + 0.1
+        else:
+            x = torch.randint(1, f.vocabulary_size, (batch_size, f.max_length), generator=g)
+            lengths = torch.randint(0, f.max_length + 1, (batch_size, 1), generator=g)
+            batch[f.name] = x * (torch.arange(f.max_length) < lengths)  # padded with 0
+    return batch
+
+
+# ---------------------------------------------------------------- FeatureEmbedding
+
+
+def test_embedding_shapes_and_schema_order():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    first, field_emb, flat = emb(make_batch(schema))
+    assert first.shape == (B, 1)
+    assert field_emb.shape == (B, schema.num_fields, 8)
+    assert flat.shape == (B, schema.total_embedding_dim)
+
+    # Changing one field changes only that field's row / slice, in schema order.
+    batch = make_batch(schema)
+    other = dict(batch, movie_id=torch.where(batch["movie_id"] == 1, 2, 1))
+    _, field_a, flat_a = emb(batch)
+    _, field_b, flat_b = emb(other)
+    changed_fields = (field_a != field_b).any(dim=2).any(dim=0)
+    assert changed_fields.tolist() == [False, False, False, True, False, False]
+    starts = [0]
+    for f in schema.fields:
+        starts.append(starts[-1] + f.embedding_dim)
+    changed_cols = (flat_a != flat_b).any(dim=0)
+    assert changed_cols[starts[3] : starts[4]].all()
+    assert not changed_cols[: starts[3]].any() and not changed_cols[starts[4] :].any()
+
+
+def test_embedding_values_match_per_field_lookups():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    batch = make_batch(schema)
+    # A reference forward, field by field, from the layer's own tables.
+    first, field_emb, flat = emb(batch)
+    offsets = emb._group_offsets.tolist()
+    names = emb._sparse_names
+    own = {}
+    for name in ("user_id", "gender", "movie_id"):
+        table = emb.sparse_tables[0 if schema[name].embedding_dim == 8 else 1]
+        idx = batch[name]
+        rows = torch.where(idx > 0, idx + offsets[names.index(name)], 0)
+        own[name] = table.weight[rows]
+    assert emb.sparse_tables[0].weight[0].abs().sum() == 0
+    own["price"] = batch["price"][:, None] * emb.dense_vectors[0][0]
+    for i, name in enumerate(("genres", "tags")):
+        weight, x = emb.sequence_tables[i].weight, batch[name]
+        pooled = weight[x].sum(dim=1)  # padding row is zero
+        if schema[name].combiner == "mean":
+            pooled = pooled / (x > 0).sum(dim=1, keepdim=True).clamp(min=1)
+        own[name] = pooled
+    expected_flat = torch.cat([own[f.name] for f in schema.fields], dim=1)
+    torch.testing.assert_close(flat, expected_flat)
+    # movie_id and price (dim 4) have projections into the fm space (dim 8), in that order
+    assert len(emb.projections) == 2
+    torch.testing.assert_close(field_emb[:, 3], emb.projections[0](own["movie_id"]))
+    torch.testing.assert_close(field_emb[:, 2], emb.projections[1](own["price"]))
+    torch.testing.assert_close(field_emb[:, 0], own["user_id"])
+
+
+def test_embedding_padding_is_zero_and_first_order_is_bias():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    with torch.no_grad():
+        emb.bias.fill_(0.25)
+    batch = {name: torch.zeros_like(t) for name, t in make_batch(schema).items()}
+    first, field_emb, flat = emb(batch)
+    torch.testing.assert_close(first, torch.full((B, 1), 0.25))
+    assert flat.abs().sum() == 0
+    # projected fields carry their projection's bias; the others are exactly zero
+    assert field_emb[:, [0, 1, 4, 5]].abs().sum() == 0
+
+
+def test_padding_rows_initialised_and_kept_zero():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    opt = torch.optim.Adam(emb.parameters(), lr=0.1)
+    for seed in range(3):
+        first, field_emb, flat = emb(make_batch(schema, seed=seed))
+        (first.sum() + field_emb.square().sum() + flat.sum()).backward()
+        opt.step()
+        opt.zero_grad()
+    for table in [emb.sparse_first_order, *emb.sparse_tables]:
+        assert table.weight[0].abs().sum() == 0
+        assert table.weight[1:].abs().sum() > 0
+    for bag in [*emb.sequence_first_order, *emb.sequence_tables]:
+        assert bag.weight[0].abs().sum() == 0
+
+
+def test_sequence_mean_pooling_counts_only_non_padding():
+    schema = DatasetSchema((FieldSchema("genres", FeatureType.SEQUENCE, 5, 3, max_length=4),))
+    emb = FeatureEmbedding(schema, 3)
+    x = torch.tensor([[1, 2, 0, 0], [0, 0, 0, 0], [3, 0, 3, 0], [0, 4, 0, 2]])
+    _, _, flat = emb({"genres": x})
+    w = emb.sequence_tables[0].weight
+    torch.testing.assert_close(flat[0], (w[1] + w[2]) / 2)
+    torch.testing.assert_close(flat[1], torch.zeros(3))
+    torch.testing.assert_close(flat[2], w[3])
+    torch.testing.assert_close(flat[3], (w[4] + w[2]) / 2)
+
+
+@pytest.mark.parametrize("combiner", ["mean", "sum", "max"])
+def test_sequence_pooling_ignores_extra_padding_columns(combiner):
+    def schema_of(length):
+        return DatasetSchema(
+            (
+                FieldSchema("user_id", FeatureType.SPARSE, 9, 4),
+                FieldSchema(
+                    "genres", FeatureType.SEQUENCE, 6, 4, max_length=length, combiner=combiner
+                ),
+            )
+        )
+
+    short = FeatureEmbedding(schema_of(3), 4)
+    long = FeatureEmbedding(schema_of(7), 4)
+    long.load_state_dict(short.state_dict())
+    batch = make_batch(schema_of(3))
+    padded = dict(
+        batch, genres=torch.cat([batch["genres"], torch.zeros(B, 4, dtype=torch.int64)], 1)
+    )
+    for a, b in zip(short(batch), long(padded), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_embedding_parameters_are_the_tables():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    params = emb.embedding_parameters()
+    ids = {id(p) for p in params}
+    assert id(emb.bias) not in ids
+    assert not any(id(p) in ids for proj in emb.projections for p in proj.parameters())
+    # first + second order of each field are covered (sparse tables are shared per dim)
+    assert len(params) == 1 + 2 + 1 + 1 + 2 + 2
+    # second_order=False keeps only the first-order tables
+    linear = FeatureEmbedding(schema, 8, second_order=False)
+    assert len(linear.embedding_parameters()) == 1 + 1 + 2
+    first, field_emb, flat = linear(make_batch(schema))
+    assert first.shape == (B, 1) and field_emb is None and flat is None
+
+
+def test_embedding_is_xavier_initialised_per_field():
+    schema = DatasetSchema(
+        (
+            FieldSchema("small", FeatureType.SPARSE, 5, 16),
+            FieldSchema("large", FeatureType.SPARSE, 2001, 16),
+        )
+    )
+    emb = FeatureEmbedding(schema, 16)
+    w = emb.sparse_tables[0].weight
+    small, large = w[1:5], w[5:]
+    assert small.abs().max() <= math.sqrt(6 / (5 + 16))
+    assert large.abs().max() <= math.sqrt(6 / (2001 + 16))
+    assert small.abs().max() > math.sqrt(6 / (2001 + 16))  # not one bound for all fields
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("user_id", None, "missing field 'user_id'"),
+        ("user_id", torch.zeros(B, dtype=torch.int32), "field 'user_id'.*int64.*torch.int32"),
+        ("user_id", torch.zeros(B, 1, dtype=torch.int64), r"field 'user_id'.*shape \(6, 1\)"),
+        (
+            "movie_id",
+            torch.zeros(B + 1, dtype=torch.int64),
+            "field 'movie_id'.*B = 6 as in 'user_id'",
+        ),
+        ("price", torch.zeros(B, dtype=torch.int64), "field 'price'.*float"),
+        ("price", torch.zeros(B, 2), r"field 'price'.*shape \(6, 2\)"),
+        ("genres", torch.zeros(B, 4), "field 'genres'.*int64.*torch.float32"),
+        ("genres", torch.zeros(B, 5, dtype=torch.int64), r"field 'genres'.*\(B, 4\)"),
+        ("genres", torch.zeros(B, dtype=torch.int64), r"field 'genres'.*\(B, 4\).*\(6,\)"),
+        ("tags", [0, 1, 2], "field 'tags'.*got list"),
+    ],
+)
+def test_malformed_batch_raises_naming_the_field(field, value, message):
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    batch = make_batch(schema)
+    if value is None:
+        del batch[field]
+    else:
+        batch[field] = value
+    with pytest.raises(ValueError, match=message):
+        emb(batch)
+
+
+def test_extra_batch_keys_and_float64_dense_are_accepted():
+    schema = make_schema()
+    emb = FeatureEmbedding(schema, 8)
+    batch = make_batch(schema)
+    first, _, _ = emb(dict(batch, label=torch.ones(B), price=batch["price"].double()))
+    torch.testing.assert_close(first, emb(batch)[0])
+
+
+# ---------------------------------------------------------------- FMInteraction
+
+
+def test_fm_matches_pairwise_inner_products():
+    x = torch.randn(5, 7, 3, dtype=torch.float64)
+    out = FMInteraction()(x)
+    assert out.shape == (5, 1)
+    expected = torch.zeros(5, dtype=torch.float64)
+    for i in range(7):
+        for j in range(i + 1, 7):
+            expected += (x[:, i] * x[:, j]).sum(dim=1)
+    torch.testing.assert_close(out[:, 0], expected)
+
+
+def test_fm_rejects_wrong_rank():
+    with pytest.raises(ValueError, match=r"\(B, F, D\)"):
+        FMInteraction()(torch.randn(5, 7))
+
+
+# ---------------------------------------------------------------- DNN
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "prelu"])
+def test_dnn_shapes(activation):
+    dnn = DNN(10, [32, 16, 4], activation=activation, dropout=0.5, use_batch_norm=True)
+    assert dnn.output_dim == 4
+    assert dnn(torch.randn(8, 10)).shape == (8, 4)
+    kinds = [type(m).__name__ for m in dnn.layers][:4]
+    assert kinds[:2] == ["Linear", "BatchNorm1d"] and kinds[3] == "Dropout"
+
+
+def test_dnn_without_options_is_linear_activation_only():
+    dnn = DNN(10, [32, 16])
+    assert [type(m).__name__ for m in dnn.layers] == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert all(m.bias is not None for m in dnn.layers if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"activation": "swish"}, "activation"),
+        ({"hidden_units": []}, "non-empty"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_dnn_rejects_bad_arguments(kwargs, message):
+    args = {"input_dim": 4, "hidden_units": [8], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        DNN(**args)
+
+
+# ---------------------------------------------------------------- CIN
+
+
+def cin_by_loops(cin: CIN, x0: torch.Tensor) -> torch.Tensor:
+    """Eqs. 6-8 of the xDeepFM paper, one feature map and one weight at a time."""
+    B, F, D = x0.shape
+    hidden = [x0[:, j] for j in range(F)]  # X^0 as F maps of (B, D)
+    pooled = []
+    for k, conv in enumerate(cin.convs):
+        H_prev = len(hidden)
+        W = conv.weight[:, :, 0].detach()  # (H_k, H_prev * F): W^{k,h}_{i,j} at [h, i * F + j]
+        maps = []
+        for h in range(W.shape[0]):
+            acc = torch.zeros(B, D, dtype=x0.dtype)
+            for i in range(H_prev):
+                for j in range(F):
+                    acc += W[h, i * F + j] * hidden[i] * x0[:, j]
+            maps.append(acc)
+        last = k == len(cin.convs) - 1
+        if cin.split_half and not last:
+            half = len(maps) // 2
+            hidden, direct = maps[:half], maps[half:]
+        else:
+            hidden = direct = maps
+        pooled += [m.sum(dim=1) for m in direct]  # sum-pooling over D
+    return torch.stack(pooled, dim=1)
+
+
+@pytest.mark.parametrize(("layer_sizes", "split_half"), [([4, 6, 3], True), ([3, 2], False)])
+def test_cin_matches_paper_loops(layer_sizes, split_half):
+    torch.manual_seed(0)
+    cin = CIN(3, 5, layer_sizes, split_half=split_half).double()
+    x0 = torch.randn(2, 3, 5, dtype=torch.float64)
+    out = cin(x0)
+    expected_dim = (
+        sum(h // 2 for h in layer_sizes[:-1]) + layer_sizes[-1] if split_half else sum(layer_sizes)
+    )
+    assert cin.output_dim == expected_dim
+    assert out.shape == (2, expected_dim)
+    torch.testing.assert_close(out, cin_by_loops(cin, x0))
+
+
+def test_cin_rejects_odd_split_sizes_and_bad_input():
+    with pytest.raises(ValueError, match="even"):
+        CIN(3, 5, [3, 4], split_half=True)
+    CIN(3, 5, [3, 4], split_half=False)  # fine without splitting
+    with pytest.raises(ValueError, match=r"\(B, 3, 5\)"):
+        CIN(3, 5, [4])(torch.randn(2, 4, 5))
+
+
+# ---------------------------------------------------------------- MultiHeadSelfAttention
+
+
+def attention_by_loops(layer, x: torch.Tensor) -> torch.Tensor:
+    """One AutoInt interacting layer, head by head and field by field."""
+    B, F, D = x.shape
+    H, d = layer.num_heads, layer.attention_dim
+    Wq, Wk, Wv = layer.qkv.weight.detach().split(H * d, dim=0)  # (H * d, D) each
+    out = torch.zeros(B, F, H * d, dtype=x.dtype)
+    for b in range(B):
+        for h in range(H):
+            rows = slice(h * d, (h + 1) * d)
+            q, k, v = x[b] @ Wq[rows].T, x[b] @ Wk[rows].T, x[b] @ Wv[rows].T  # (F, d)
+            for i in range(F):
+                scores = torch.stack([q[i] @ k[j] for j in range(F)]) / math.sqrt(d)
+                alpha = torch.softmax(scores, dim=0)
+                out[b, i, rows] = sum(alpha[j] * v[j] for j in range(F))
+    if layer.use_residual:
+        out = out + (x if layer.residual is None else x @ layer.residual.weight.detach().T)
+    return torch.nn.functional.layer_norm(
+        torch.relu(out), (H * d,), layer.norm.weight.detach(), layer.norm.bias.detach()
+    )
+
+
+@pytest.mark.parametrize(("embed_dim", "use_residual"), [(6, True), (4, True), (6, False)])
+def test_attention_matches_loops(embed_dim, use_residual):
+    torch.manual_seed(0)
+    att = MultiHeadSelfAttention(embed_dim, 2, 3, 2, use_residual=use_residual).double()
+    x = torch.randn(3, 5, embed_dim, dtype=torch.float64)
+    out = att(x)
+    assert att.output_dim == 6
+    assert out.shape == (3, 5, 6)
+    expected = x
+    for layer in att.layers:
+        expected = attention_by_loops(layer, expected)
+    torch.testing.assert_close(out, expected)
+    first = att.layers[0]
+    assert (first.residual is not None) == (use_residual and embed_dim != 6)
+
+
+def test_attention_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(B, F, 8\)"):
+        MultiHeadSelfAttention(8, 2, 4, 1)(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiHeadSelfAttention(8, 0, 4, 1)
