@@ -68,9 +68,7 @@ class TabularDataset(torch.utils.data.Dataset):
     def take(self, index: torch.Tensor | np.ndarray) -> tuple[Batch, torch.Tensor]:
         """Gather the rows at `index` as one batch: ({field: (b, ...)}, labels (b,))."""
         index = torch.as_tensor(index, dtype=torch.int64)
-        return {k: v.index_select(0, index) for k, v in self.features.items()}, self.labels[
-            index
-        ]
+        return {k: v.index_select(0, index) for k, v in self.features.items()}, self.labels[index]
 
     def subset(self, index: torch.Tensor | np.ndarray) -> TabularDataset:
         batch, labels = self.take(index)
