@@ -1,0 +1,417 @@
+"""Evaluation metrics: AUC, LogLoss, HR@K, NDCG@K, and the ranking evaluator.
+
+Protocol (see DESIGN.md, "Data: MovieLens-100K protocol"):
+
+- Sampled ranking: each user's held-out positive is ranked among its C - 1 fixed
+  sampled negatives. Full ranking: it is ranked among every catalogue item except
+  the user's other known interactions.
+- Ranks are 0-based and ties count against the positive: rank = number of OTHER
+  candidates whose score is >= the positive's score.
+- HR@K = mean(rank < K); NDCG@K = mean(1 / log2(rank + 2) if rank < K else 0).
+- AUC and LogLoss are computed once over all evaluation rows pooled, on sigmoid
+  probabilities; never averaged over batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ctr.data.dataset import Batch, EvalSplit
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+Model = torch.nn.Module | Callable[[Batch], torch.Tensor]
+
+_EPS = 1e-7  # probability clipping for LogLoss
+
+
+def _to_numpy(x: ArrayLike, dtype: type = np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype).reshape(-1)
+
+
+def _check_pair(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = _to_numpy(labels)
+    p = _to_numpy(scores)
+    if y.shape != p.shape:
+        raise ValueError(
+            f"expected labels and scores of the same length, got {y.shape[0]} and {p.shape[0]}"
+        )
+    if y.size == 0:
+        raise ValueError("expected at least one row, got empty labels and scores")
+    if not ((y == 0.0) | (y == 1.0)).all():
+        raise ValueError(f"expected labels in {{0, 1}}, got values {np.unique(y)[:10].tolist()}")
+    if np.isnan(p).any():
+        raise ValueError("expected finite scores, got NaN (did training diverge?)")
+    return y, p
+
+
+def compute_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """ROC AUC over all rows pooled; `scores` may be probabilities or any monotone score.
+
+    Computed exactly as the Mann-Whitney statistic, ties counted one half:
+    AUC = (#(pos, neg) pairs with s_pos > s_neg + 0.5 #ties) / (P N). The smaller
+    class is sorted and the larger one located in it with a binary search, so an
+    evaluation set with few positives (1 per 1000 rows) costs O(N log P) instead of
+    sklearn's full sort and ROC curve; the result equals `sklearn.metrics.roc_auc_score`
+    to float rounding (tests check it).
+    """
+    y, p = _check_pair(labels, scores)
+    is_pos = y == 1.0
+    num_pos = int(is_pos.sum())
+    num_neg = y.size - num_pos
+    if num_pos == 0 or num_neg == 0:
+        raise ValueError(
+            f"expected both classes in labels for AUC, got only label {int(y[0])} in {y.size} rows"
+        )
+    pos, neg = p[is_pos], p[~is_pos]
+    if num_pos <= num_neg:
+        small = np.sort(pos)
+        below = np.searchsorted(small, neg, side="left")  # positives < each negative
+        upto = np.searchsorted(small, neg, side="right")  # positives <= each negative
+        # per negative: positives above it count 1, positives tied with it count 1/2
+        wins2 = 2 * (num_pos * num_neg - int(upto.sum())) + int((upto - below).sum())
+    else:
+        small = np.sort(neg)
+        below = np.searchsorted(small, pos, side="left")  # negatives < each positive
+        upto = np.searchsorted(small, pos, side="right")
+        wins2 = 2 * int(below.sum()) + int((upto - below).sum())
+    return wins2 / (2.0 * num_pos * num_neg)
+
+
+def compute_logloss(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Mean binary cross-entropy over all rows pooled; `scores` are probabilities,
+    clipped to [1e-7, 1 - 1e-7] (as `sklearn.metrics.log_loss`, which it equals to
+    float rounding without that function's per-call validation cost)."""
+    y, p = _check_pair(labels, scores)
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError(
+            f"expected probabilities in [0, 1] (apply sigmoid to logits), "
+            f"got range [{p.min():.4g}, {p.max():.4g}]"
+        )
+    p = np.clip(p, _EPS, 1.0 - _EPS)
+    return float(-np.mean(np.where(y == 1.0, np.log(p), np.log1p(-p))))
+
+
+def _check_ranks(rankings: ArrayLike, k: int) -> np.ndarray:
+    if k < 1:
+        raise ValueError(f"expected k >= 1, got {k}")
+    r = _to_numpy(rankings, dtype=np.int64)
+    if r.size == 0:
+        raise ValueError("expected at least one rank, got an empty array")
+    if r.min() < 0:
+        raise ValueError(f"expected 0-based ranks >= 0, got {r.min()}")
+    return r
+
+
+def compute_hr_at_k(rankings: ArrayLike, k: int) -> float:
+    """Hit ratio: mean over users of [rank < k]; ranks are 0-based."""
+    r = _check_ranks(rankings, k)
+    return float(np.mean(r < k))
+
+
+def compute_ndcg_at_k(rankings: ArrayLike, k: int) -> float:
+    """NDCG with one relevant item: mean of 1 / log2(rank + 2) if rank < k else 0."""
+    r = _check_ranks(rankings, k)
+    gains = np.where(r < k, 1.0 / np.log2(r.astype(np.float64) + 2.0), 0.0)
+    return float(np.mean(gains))
+
+
+def rank_of_positive(scores: torch.Tensor, positive_col: int = 0) -> torch.Tensor:
+    """0-based rank of the positive in each row, ties counted against it.
+
+    Args:
+        scores: (U, C) scores (logits or probabilities) of each user's candidates.
+        positive_col: column of the positive.
+
+    Returns:
+        (U,) int64: number of OTHER candidates with score >= the positive's score.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"expected scores of shape (U, C), got {tuple(scores.shape)}")
+    C = scores.shape[1]
+    if not 0 <= positive_col < C:
+        raise ValueError(f"expected positive_col in [0, {C}), got {positive_col}")
+    pos = scores[:, positive_col : positive_col + 1]  # (U, 1)
+    # the positive compares >= to itself once; subtract it
+    return (scores >= pos).sum(dim=1) - 1  # (U,)
+
+
+def _ranking_metrics(prefix: str, ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"{prefix}_hr_at_{k}"] = compute_hr_at_k(ranks, k)
+        out[f"{prefix}_ndcg_at_{k}"] = compute_ndcg_at_k(ranks, k)
+    return out
+
+
+def _exclusion_mask(split: EvalSplit) -> torch.Tensor:
+    """(U, I) bool, True where an item is skipped in the user's full ranking."""
+    U, n_items = split.num_users, len(split.item_ids)
+    indptr = np.asarray(split.exclude_indptr, dtype=np.int64)
+    items = np.asarray(split.exclude_items, dtype=np.int64)
+    if indptr.shape != (U + 1,) or indptr[0] != 0 or indptr[-1] != items.size:
+        raise ValueError(
+            f"expected exclude_indptr of shape ({U + 1},) from 0 to len(exclude_items) "
+            f"= {items.size}, got shape {indptr.shape} ending at {indptr[-1] if indptr.size else None}"
+        )
+    if items.size and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(
+            f"expected exclude_items to be catalogue rows in [0, {n_items}), "
+            f"got range [{items.min()}, {items.max()}]"
+        )
+    mask = np.zeros((U, n_items), dtype=bool)
+    mask[np.repeat(np.arange(U), np.diff(indptr)), items] = True
+    # the positive is never "another" interaction of its own user
+    mask[np.arange(U), np.asarray(split.positive_item_index, dtype=np.int64)] = False
+    return torch.from_numpy(mask)
+
+
+def full_ranks_from_scores(
+    scores: torch.Tensor, positive_index: torch.Tensor, exclude: torch.Tensor
+) -> torch.Tensor:
+    """Rank of each user's positive against the catalogue, skipping excluded items.
+
+    Args:
+        scores: (U, I) scores of every catalogue item per user.
+        positive_index: (U,) catalogue row of each user's positive.
+        exclude: (U, I) bool, True for items to skip (never the positive itself).
+
+    Returns:
+        (U,) int64 0-based ranks, ties counted against the positive.
+    """
+    U = scores.shape[0]
+    pos = scores[torch.arange(U, device=scores.device), positive_index].unsqueeze(1)  # (U, 1)
+    scores = scores.masked_fill(exclude, float("-inf"))
+    # excluded items are -inf; `& ~exclude` also keeps them out if the positive is -inf
+    return ((scores >= pos) & ~exclude).sum(dim=1) - 1  # (U,)
+
+
+def evaluate_scores(
+    split: EvalSplit,
+    sampled_logits: ArrayLike,
+    full_logits: ArrayLike | None = None,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, float]:
+    """The evaluator's metrics from precomputed logits (for baselines and tests).
+
+    Args:
+        split: the split the logits belong to.
+        sampled_logits: (U * C,) or (U, C) logits of `split.candidates`, in row order.
+        full_logits: optional (U, I) logits of every catalogue item per user.
+        ks: cut-offs for HR@K and NDCG@K.
+
+    Returns:
+        The same keys as `RankingEvaluator.evaluate` (full-ranking keys only if
+        `full_logits` is given).
+    """
+    U, C = split.num_users, split.num_candidates
+    logits = torch.from_numpy(_to_numpy(sampled_logits, np.float32))
+    if logits.numel() != U * C:
+        raise ValueError(f"expected {U} * {C} = {U * C} sampled logits, got {logits.numel()}")
+    metrics = _sampled_metrics(split, logits.reshape(U, C), ks)
+    if full_logits is not None:
+        full = torch.as_tensor(np.asarray(full_logits, dtype=np.float32))
+        n_items = len(split.item_ids)
+        if full.shape != (U, n_items):
+            raise ValueError(
+                f"expected full_logits of shape ({U}, {n_items}), got {tuple(full.shape)}"
+            )
+        ranks = full_ranks_from_scores(
+            full,
+            torch.as_tensor(np.asarray(split.positive_item_index, dtype=np.int64)),
+            _exclusion_mask(split),
+        )
+        metrics.update(_full_metrics(split.name, ranks.numpy()))
+    return metrics
+
+
+def _sampled_metrics(split: EvalSplit, logits: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """Metrics of the (U, C) sampled candidates' logits (on any device)."""
+    if torch.isnan(logits).any():
+        raise ValueError(f"{split.name}: the model produced NaN logits (did training diverge?)")
+    ranks = rank_of_positive(logits, positive_col=0).cpu().numpy()
+    metrics = _ranking_metrics(split.name, ranks, ks)
+    probs = torch.sigmoid(logits.double()).reshape(-1).cpu().numpy()  # (U * C,)
+    labels = split.candidates.labels.numpy()
+    metrics[f"{split.name}_auc"] = compute_auc(labels, probs)
+    metrics[f"{split.name}_logloss"] = compute_logloss(labels, probs)
+    return metrics
+
+
+def _full_metrics(name: str, ranks: np.ndarray) -> dict[str, float]:
+    return {
+        f"{name}_full_hr_at_10": compute_hr_at_k(ranks, 10),
+        f"{name}_full_ndcg_at_10": compute_ndcg_at_k(ranks, 10),
+    }
+
+
+class RankingEvaluator:
+    """Scores an `EvalSplit` with a model and returns all evaluation metrics.
+
+    Everything that does not depend on the model (candidate features on the
+    device, the tiled catalogue, the user-repeat index, the exclusion mask) is
+    built once here, so `evaluate` is little more than the model's forward passes.
+
+    Args:
+        split: the validation or test split.
+        batch_size: rows per forward pass, for the sampled candidates and (about)
+            for the full ranking, where a chunk holds max(1, batch_size // I) users.
+        ks: cut-offs for the sampled HR@K and NDCG@K.
+        full_ranking: also rank every positive against the whole catalogue
+            (adds `{name}_full_hr_at_10` and `{name}_full_ndcg_at_10`).
+        device: where batches are sent; the model must already be there.
+
+    Example:
+        evaluator = RankingEvaluator(val_split, device="cpu")
+        metrics = evaluator.evaluate(model)  # {"val_hr_at_10": ..., "val_auc": ...}
+        evaluator.last_seconds               # wall time of that call
+    """
+
+    def __init__(
+        self,
+        split: EvalSplit,
+        batch_size: int = 65536,
+        ks: Sequence[int] = (5, 10, 20),
+        full_ranking: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        ks = tuple(int(k) for k in ks)
+        if not ks or min(ks) < 1:
+            raise ValueError(f"expected a non-empty list of cut-offs k >= 1, got {ks}")
+        U, C = split.num_users, split.num_candidates
+        if U < 1 or C < 2:
+            raise ValueError(f"expected at least 1 user and 2 candidates, got U={U}, C={C}")
+        if len(split.candidates) != U * C:
+            raise ValueError(
+                f"expected {U} users * {C} candidates = {U * C} candidate rows, "
+                f"got {len(split.candidates)}"
+            )
+        labels = split.candidates.labels.reshape(U, C)
+        if not (bool((labels[:, 0] == 1).all()) and bool((labels[:, 1:] == 0).all())):
+            raise ValueError(
+                "expected candidate rows in user-major order with the positive (label 1) "
+                "first in each block of C rows and negatives (label 0) after it"
+            )
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.ks = ks
+        self.full_ranking = full_ranking
+        self.device = torch.device(device)
+        self.last_seconds: float | None = None
+
+        dev = self.device
+        self._candidates: Batch = {k: v.to(dev) for k, v in split.candidates.features.items()}
+        self._num_rows = U * C
+
+        if full_ranking:
+            overlap = sorted(set(split.user_features) & set(split.item_features))
+            if overlap:
+                raise ValueError(
+                    f"expected disjoint user and item feature fields, got {overlap} in both"
+                )
+            n_items = len(split.item_ids)
+            for k, v in split.item_features.items():
+                if v.shape[0] != n_items:
+                    raise ValueError(
+                        f"item feature {k!r}: expected {n_items} rows, got {v.shape[0]}"
+                    )
+            for k, v in split.user_features.items():
+                if v.shape[0] != U:
+                    raise ValueError(f"user feature {k!r}: expected {U} rows, got {v.shape[0]}")
+            self._num_items = n_items
+            self._chunk_users = max(1, min(U, self.batch_size // n_items))
+            n = self._chunk_users
+            self._users: Batch = {k: v.to(dev) for k, v in split.user_features.items()}
+            # a full chunk's catalogue, tiled once: row j*I + i is item i
+            self._tiled_items: Batch = {
+                k: v.to(dev).repeat(n, *([1] * (v.dim() - 1)))  # (n * I, ...)
+                for k, v in split.item_features.items()
+            }
+            # local user of each row in a full chunk: [0]*I + [1]*I + ...
+            self._user_repeat = torch.arange(n, device=dev).repeat_interleave(n_items)  # (n * I,)
+            positive_index = np.asarray(split.positive_item_index, dtype=np.int64)
+            if (
+                positive_index.shape != (U,)
+                or not (0 <= positive_index).all()
+                or not (positive_index < n_items).all()
+            ):
+                raise ValueError(
+                    f"expected positive_item_index of shape ({U},) with catalogue rows in "
+                    f"[0, {n_items}), got shape {positive_index.shape}"
+                )
+            self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
+            self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
+
+    @staticmethod
+    def _forward(model: Model, batch: Batch, rows: int) -> torch.Tensor:
+        logits = model(batch)
+        if logits.numel() != rows:
+            raise ValueError(
+                f"expected the model to return logits of shape ({rows}, 1), "
+                f"got {tuple(logits.shape)}"
+            )
+        return logits.reshape(rows).float()
+
+    def _score_candidates(self, model: Model) -> torch.Tensor:
+        """(U * C,) logits of the sampled candidates."""
+        out = torch.empty(self._num_rows, device=self.device)
+        for start in range(0, self._num_rows, self.batch_size):
+            end = min(start + self.batch_size, self._num_rows)
+            batch = {k: v[start:end] for k, v in self._candidates.items()}
+            out[start:end] = self._forward(model, batch, end - start)
+        return out
+
+    def _full_ranks(self, model: Model) -> torch.Tensor:
+        """(U,) rank of each positive against the catalogue minus exclusions."""
+        U, n_items, n = self.split.num_users, self._num_items, self._chunk_users
+        ranks = torch.empty(U, dtype=torch.int64, device=self.device)
+        for start in range(0, U, n):
+            end = min(start + n, U)
+            rows = (end - start) * n_items
+            user_index = self._user_repeat[:rows] + start  # (rows,)
+            batch = {k: v.index_select(0, user_index) for k, v in self._users.items()}
+            batch.update({k: v[:rows] for k, v in self._tiled_items.items()})
+            scores = self._forward(model, batch, rows).view(end - start, n_items)  # (u, I)
+            if torch.isnan(scores).any():
+                raise ValueError(
+                    f"{self.split.name}: the model produced NaN logits (did training diverge?)"
+                )
+            ranks[start:end] = full_ranks_from_scores(
+                scores, self._positive_index[start:end], self._exclude[start:end]
+            )
+        return ranks
+
+    def evaluate(self, model: Model) -> dict[str, float]:
+        """Score the split with `model` (batch dict -> logits (B, 1)) and return
+        {name}_hr_at_{k}, {name}_ndcg_at_{k}, {name}_auc, {name}_logloss and,
+        with full ranking, {name}_full_hr_at_10 and {name}_full_ndcg_at_10.
+
+        An nn.Module is put in eval mode and its previous mode restored after.
+        """
+        t0 = time.perf_counter()
+        # remember every submodule's mode: some may be frozen in eval on purpose
+        modes = (
+            [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+        )
+        if modes:
+            model.eval()
+        try:
+            with torch.inference_mode():
+                sampled = self._score_candidates(model)
+                full_ranks = self._full_ranks(model) if self.full_ranking else None
+                U, C = self.split.num_users, self.split.num_candidates
+                metrics = _sampled_metrics(self.split, sampled.view(U, C), self.ks)
+                if full_ranks is not None:
+                    metrics.update(_full_metrics(self.split.name, full_ranks.cpu().numpy()))
+        finally:
+            for m, training in modes:
+                m.training = training
+        self.last_seconds = time.perf_counter() - t0
+        return metrics
