@@ -301,13 +301,6 @@ def zip_prefix(zip_codes: Any) -> np.ndarray:
     return s.to_numpy(dtype=object, na_value=None)
 
 
-def _lookup(table_ids: pd.Index, values: np.ndarray, ids: Any) -> np.ndarray:
-    """values[row of id in table_ids]; ids not in the table -> None."""
-    pos = table_ids.get_indexer(pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy())
-    padded = np.append(np.asarray(values, dtype=object), None)
-    return padded[pos]  # pos -1 picks the appended None
-
-
 class MovieLensPreprocessor:
     """Fitted encoders plus the raw user and item tables of MovieLens-100K.
 
@@ -403,6 +396,14 @@ class MovieLensPreprocessor:
         """(I,) raw ids of the catalogue rows."""
         return self._item_index.to_numpy()
 
+    def user_rows(self, user_ids: Any) -> np.ndarray:
+        """(N,) row of each user id in the user table; -1 where unknown."""
+        return self._user_index.get_indexer(pd.to_numeric(pd.Series(user_ids), errors="coerce"))
+
+    def item_rows(self, movie_ids: Any) -> np.ndarray:
+        """(N,) row of each movie id in the catalogue; -1 where unknown."""
+        return self._item_index.get_indexer(pd.to_numeric(pd.Series(movie_ids), errors="coerce"))
+
     def encode_frame(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw rows -> encoded columns {field: (N,) or (N, max_genres) int64}.
 
@@ -418,12 +419,8 @@ class MovieLensPreprocessor:
                     f"expected a column {required!r} in the rows to encode, got columns "
                     f"{list(df.columns)}"
                 )
-        user_pos = self._user_index.get_indexer(
-            pd.to_numeric(df["user_id"], errors="coerce").to_numpy()
-        )
-        item_pos = self._item_index.get_indexer(
-            pd.to_numeric(df["movie_id"], errors="coerce").to_numpy()
-        )
+        user_pos = self.user_rows(df["user_id"].to_numpy())
+        item_pos = self.item_rows(df["movie_id"].to_numpy())
         out: dict[str, np.ndarray] = {
             "user_id": self.encoders["user_id"].transform(df["user_id"].to_numpy()),
             "movie_id": self.encoders["movie_id"].transform(df["movie_id"].to_numpy()),
@@ -569,101 +566,55 @@ class MovieLensAdapter:
         """Read, split, encode and sample: (schema, train_ds, val_ds, test_ds)."""
         raw = read_movielens(self.data_dir)
         ratings = leave_one_out_split(raw.ratings)
-        is_train = (ratings["split"] == "train").to_numpy()
+        split = ratings["split"].to_numpy()
+        is_train = split == "train"
         pre = MovieLensPreprocessor.fit(
             ratings[is_train], raw.users, raw.items, self.feature_config.max_genres
         )
         schema = self.build_schema(pre)
-        user_ids, item_ids = pre.user_ids, pre.item_ids
-        user_rows = pre._user_index.get_indexer(ratings["user_id"].to_numpy())  # (R,)
-        item_rows = pre._item_index.get_indexer(ratings["movie_id"].to_numpy())  # (R,)
-        user_features = {k: torch.from_numpy(v) for k, v in pre.user_table_features().items()}
-        item_features = {k: torch.from_numpy(v) for k, v in pre.catalogue_features().items()}
+        enc = _EncodedRatings.from_preprocessor(pre, ratings)
 
-        def gather(u_rows: np.ndarray, i_rows: np.ndarray) -> dict[str, torch.Tensor]:
-            u_t, i_t = torch.from_numpy(u_rows), torch.from_numpy(i_rows)
-            return {
-                f: (
-                    user_features[f].index_select(0, u_t)
-                    if f in USER_FIELDS
-                    else item_features[f].index_select(0, i_t)
-                )
-                for f in FIELD_ORDER
-            }
-
-        num_users, num_items = len(user_ids), len(item_ids)
-        train_mask = np.zeros((num_users, num_items), dtype=bool)
-        train_mask[user_rows[is_train], item_rows[is_train]] = True
-        known_mask = np.zeros((num_users, num_items), dtype=bool)
-        known_mask[user_rows, item_rows] = True
-
-        n_train = int(is_train.sum())
         positives = TabularDataset(
-            gather(user_rows[is_train], item_rows[is_train]), np.ones(n_train, np.float32)
+            enc.gather(enc.user_rows[is_train], enc.item_rows[is_train]),
+            np.ones(int(is_train.sum()), np.float32),
         )
         train_ds = NegativeSamplingTrainSet(
             positives,
-            user_rows[is_train],
-            item_rows[is_train],
-            user_features,
-            item_features,
-            train_mask,
+            enc.user_rows[is_train],
+            enc.item_rows[is_train],
+            enc.user_features,
+            enc.item_features,
+            enc.mask(is_train),
             self.data_config.num_negatives,
-            item_ids=item_ids,
+            item_ids=pre.item_ids,
         )
-
         self.topped_up_users = {}
-        splits = []
-        for name in ("val", "test"):
-            in_split = (ratings["split"] == name).to_numpy()
-            split = self._eval_split(
-                name,
-                user_rows,
-                item_rows,
-                in_split,
-                known_mask,
-                user_features,
-                item_features,
-                user_ids,
-                item_ids,
-                gather,
-            )
-            splits.append(split)
+        val_ds = self._eval_split("val", enc, split == "val")
+        test_ds = self._eval_split("test", enc, split == "test")
 
         self.schema, self.preprocessor, self.ratings = schema, pre, ratings
-        self.user_ids, self.item_ids = user_ids, item_ids
-        self.train_mask, self.known_mask = train_mask, known_mask
+        self.user_ids, self.item_ids = pre.user_ids, pre.item_ids
+        self.train_mask, self.known_mask = train_ds.train_mask, enc.known_mask
         movie_codes = positives.features["movie_id"].numpy()
         popularity = np.bincount(movie_codes, minlength=pre.encoders["movie_id"].vocabulary_size)
         popularity[0] = 0
         self.item_popularity = popularity.astype(np.int64)
-        return schema, train_ds, splits[0], splits[1]
+        return schema, train_ds, val_ds, test_ds
 
-    def _eval_split(
-        self,
-        name: str,
-        user_rows: np.ndarray,
-        item_rows: np.ndarray,
-        in_split: np.ndarray,
-        known_mask: np.ndarray,
-        user_features: dict[str, torch.Tensor],
-        item_features: dict[str, torch.Tensor],
-        user_ids: np.ndarray,
-        item_ids: np.ndarray,
-        gather,
-    ) -> EvalSplit:
+    def _eval_split(self, name: str, enc: _EncodedRatings, in_split: np.ndarray) -> EvalSplit:
         """Candidates (positive + sampled negatives) and full-ranking lists of one split."""
-        order = np.argsort(user_rows[in_split], kind="stable")
-        split_users = user_rows[in_split][order]  # (U,) one held-out rating per user
-        positive = item_rows[in_split][order]  # (U,)
+        order = np.argsort(enc.user_rows[in_split], kind="stable")
+        split_users = enc.user_rows[in_split][order]  # (U,) one held-out rating per user
+        positive = enc.item_rows[in_split][order]  # (U,)
+        known = enc.known_mask[split_users]  # (U, I)
         num_neg = self.data_config.num_eval_negatives
         rng = np.random.default_rng(
             seed_entropy(self.data_config.eval_seed, _SPLIT_CODES[name], EVAL_STREAM)
         )
-        cand, topped_up = sample_eval_candidates(positive, known_mask[split_users], num_neg, rng)
+        cand, topped_up = sample_eval_candidates(positive, known, num_neg, rng)  # (U, C)
         if topped_up.size:
-            ids = user_ids[split_users[topped_up]].tolist()
-            pools = (known_mask.shape[1] - known_mask[split_users[topped_up]].sum(axis=1)).tolist()
+            ids = enc.user_ids[split_users[topped_up]].tolist()
+            pools = (known.shape[1] - known[topped_up].sum(axis=1)).tolist()
             self.topped_up_users[name] = ids
             logger.warning(
                 "%s candidates: users %s have only %s never-interacted items (< %d negatives): "
@@ -677,33 +628,82 @@ class MovieLensAdapter:
         labels = np.zeros(cand.size, dtype=np.float32)
         labels[::num_candidates] = 1.0
         candidates = TabularDataset(
-            gather(np.repeat(split_users, num_candidates), cand.reshape(-1)), labels
+            enc.gather(np.repeat(split_users, num_candidates), cand.reshape(-1)), labels
         )
 
         # full ranking skips the user's other known interactions (any split)
-        slot = np.full(known_mask.shape[0], -1, dtype=np.int64)
-        slot[split_users] = np.arange(len(split_users))
-        owner = slot[user_rows]
+        num_users, num_items = len(split_users), known.shape[1]
+        slot = np.full(enc.known_mask.shape[0], -1, dtype=np.int64)
+        slot[split_users] = np.arange(num_users)
+        owner = slot[enc.user_rows]  # (R,) block of each rating's user, -1 if not in the split
         keep = (owner >= 0) & ~in_split
-        num_items = known_mask.shape[1]
-        pair_keys = np.unique(owner[keep] * num_items + item_rows[keep])  # sorted by (user, item)
+        pair_keys = np.unique(owner[keep] * num_items + enc.item_rows[keep])  # sorted (user, item)
         owners, items = np.divmod(pair_keys, num_items)
         other = items != positive[owners]  # a repeated rating of the positive stays rankable
         owners, items = owners[other], items[other]
-        indptr = np.zeros(len(split_users) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum(np.bincount(owners, minlength=len(split_users)))
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum(np.bincount(owners, minlength=num_users))
 
-        u_t = torch.from_numpy(split_users)
+        users_t = torch.from_numpy(split_users)
         return EvalSplit(
             name=name,
             candidates=candidates,
             num_candidates=num_candidates,
-            user_ids=user_ids[split_users],
-            candidate_items=item_ids[cand],
-            user_features={f: user_features[f].index_select(0, u_t) for f in USER_FIELDS},
-            item_features=dict(item_features),
-            item_ids=item_ids.copy(),
+            user_ids=enc.user_ids[split_users],
+            candidate_items=enc.item_ids[cand],
+            user_features={f: enc.user_features[f].index_select(0, users_t) for f in USER_FIELDS},
+            item_features=dict(enc.item_features),
+            item_ids=enc.item_ids.copy(),
             positive_item_index=positive.astype(np.int64),
             exclude_indptr=indptr,
             exclude_items=items.astype(np.int64),
         )
+
+
+@dataclass
+class _EncodedRatings:
+    """Every rating as (user row, catalogue row) plus the encoded feature tables."""
+
+    user_rows: np.ndarray  # (R,) row in the user table
+    item_rows: np.ndarray  # (R,) row in the catalogue
+    user_ids: np.ndarray  # (U,) raw ids of the user table rows
+    item_ids: np.ndarray  # (I,) raw ids of the catalogue rows
+    user_features: dict[str, torch.Tensor]  # field -> (U,)
+    item_features: dict[str, torch.Tensor]  # field -> (I,) or (I, max_genres)
+    known_mask: np.ndarray  # (U, I) bool: rated in any split
+
+    @classmethod
+    def from_preprocessor(
+        cls, pre: MovieLensPreprocessor, ratings: pd.DataFrame
+    ) -> _EncodedRatings:
+        user_rows = pre.user_rows(ratings["user_id"].to_numpy())
+        item_rows = pre.item_rows(ratings["movie_id"].to_numpy())
+        known = np.zeros((len(pre.user_ids), len(pre.item_ids)), dtype=bool)
+        known[user_rows, item_rows] = True
+        return cls(
+            user_rows=user_rows.astype(np.int64),
+            item_rows=item_rows.astype(np.int64),
+            user_ids=pre.user_ids,
+            item_ids=pre.item_ids,
+            user_features={k: torch.from_numpy(v) for k, v in pre.user_table_features().items()},
+            item_features={k: torch.from_numpy(v) for k, v in pre.catalogue_features().items()},
+            known_mask=known,
+        )
+
+    def mask(self, rows: np.ndarray) -> np.ndarray:
+        """(U, I) bool of the ratings selected by the boolean `rows`."""
+        out = np.zeros_like(self.known_mask)
+        out[self.user_rows[rows], self.item_rows[rows]] = True
+        return out
+
+    def gather(self, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Encoded rows of (user, item) pairs, every field in FIELD_ORDER."""
+        users, items = torch.from_numpy(user_rows), torch.from_numpy(item_rows)
+        return {
+            f: (
+                self.user_features[f].index_select(0, users)
+                if f in USER_FIELDS
+                else self.item_features[f].index_select(0, items)
+            )
+            for f in FIELD_ORDER
+        }

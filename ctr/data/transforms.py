@@ -177,8 +177,10 @@ class MultiHotEncoder:
         self._index: pd.Index | None = None
 
     @staticmethod
-    def _flatten(lists: Sequence[Sequence[Any]] | pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """-> (row of each token, token) over all lists, in order; None / NaN = empty list."""
+    def _flatten(
+        lists: Sequence[Sequence[Any]] | pd.Series,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """-> (row of each token, token, number of lists); None / NaN = an empty list."""
         seq = lists.tolist() if isinstance(lists, pd.Series) else list(lists)
         seq = [() if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in seq]
         if any(isinstance(v, str | bytes) for v in seq):
@@ -190,10 +192,10 @@ class MultiHotEncoder:
         flat = np.empty(int(lengths.sum()), dtype=object)
         flat[:] = list(itertools.chain.from_iterable(seq))
         rows = np.repeat(np.arange(len(seq), dtype=np.int64), lengths)
-        return rows, flat
+        return rows, flat, len(seq)
 
     def fit(self, lists: Sequence[Sequence[Any]]) -> MultiHotEncoder:
-        _, flat = self._flatten(lists)
+        _, flat, _ = self._flatten(lists)
         try:
             tokens = sorted(pd.unique(flat))
         except TypeError as exc:
@@ -211,8 +213,7 @@ class MultiHotEncoder:
         """N lists of tokens -> (N, max_length) int64, 0 = padding."""
         if self._index is None:
             raise ValueError("MultiHotEncoder is not fitted: call fit(lists) first")
-        rows, flat = self._flatten(lists)
-        n = len(lists)
+        rows, flat, n = self._flatten(lists)
         out = np.zeros((n, self.max_length), dtype=np.int64)
         codes = self._index.get_indexer(flat) + 1
         known = codes > 0
