@@ -61,7 +61,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
 
     def iterate() -> None:
-        for batch, labels in rows.iter_batches(args.batch_size, shuffle=True, generator=generator):
+        for _batch in rows.iter_batches(args.batch_size, shuffle=True, generator=generator):
             pass
 
     results["iterate"] = _median_seconds(iterate, args.repeats)
