@@ -7,7 +7,7 @@ abstraction (an nn.Embedding per field, the FM formula, an nn.Sequential MLP)
 as the reference the library DeepFM is compared with. Models are measured in
 alternating rounds so that machine noise hits them alike.
 
-    .venv/bin/python benchmarks/models.py [--rounds 7] [--steps 10]
+    .venv/bin/python benchmarks/models.py [--rounds 7] [--steps 20] [--target-ms 300]
 """
 
 from __future__ import annotations
@@ -96,8 +96,9 @@ class BareDeepFM(nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="alternating measurement rounds")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per measurement")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
+    parser.add_argument("--steps", type=int, default=20, help="most steps per measurement")
+    parser.add_argument("--target-ms", type=float, default=300.0, help="time per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -126,24 +127,32 @@ def main() -> None:
             optimizer.step()
         return (time.perf_counter() - start) / steps * 1000.0
 
+    # Warm-up, then size each model's measurement to about --target-ms of work.
+    steps = {}
     for name in models:
-        run(name, args.warmup)
-    # DeepFM and its bare reference are measured back to back inside each round.
-    order = ["deepfm", "bare_deepfm"] + [n for n in models if n not in ("deepfm", "bare_deepfm")]
+        run(name, 2)
+        estimate = run(name, args.warmup)
+        steps[name] = max(2, min(args.steps, round(args.target_ms / estimate)))
+    steps["deepfm"] = steps["bare_deepfm"] = max(steps["deepfm"], steps["bare_deepfm"])
+    # DeepFM and its bare reference run back to back, first one then the other, each round.
+    pair = ["deepfm", "bare_deepfm"]
+    others = [n for n in models if n not in pair]
     times: dict[str, list[float]] = {n: [] for n in models}
     for r in range(args.rounds):
-        for name in order if r % 2 == 0 else order[1::-1] + order[2:]:
-            times[name].append(run(name, args.steps))
+        for name in (pair if r % 2 == 0 else pair[::-1]) + others:
+            times[name].append(run(name, steps[name]))
 
     print(
         f"batch {BATCH_SIZE}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"median of {args.rounds} rounds x {args.steps} steps (fwd + bwd + Adam)"
+        f"median of {args.rounds} rounds (fwd + bwd + Adam step)"
     )
-    print(f"{'model':<18}{'params':>10}{'ms/batch':>11}{'samples/s':>12}")
-    for name in order:
+    print(f"{'model':<18}{'params':>10}{'ms/batch':>11}{'samples/s':>12}{'steps/round':>13}")
+    for name in pair + others:
         ms = statistics.median(times[name])
         params = sum(p.numel() for p in models[name].parameters())
-        print(f"{name:<18}{params:>10,}{ms:>11.2f}{BATCH_SIZE / ms * 1000:>12,.0f}")
+        print(
+            f"{name:<18}{params:>10,}{ms:>11.2f}{BATCH_SIZE / ms * 1000:>12,.0f}{steps[name]:>13}"
+        )
     ratios = [a / b for a, b in zip(times["deepfm"], times["bare_deepfm"], strict=True)]
     print(
         f"library deepfm / bare deepfm: {statistics.median(ratios):.3f} "

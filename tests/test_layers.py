@@ -68,35 +68,69 @@ def test_embedding_shapes_and_schema_order():
     assert not changed_cols[: starts[3]].any() and not changed_cols[starts[4] :].any()
 
 
+def reference_embedding(emb: FeatureEmbedding, batch: dict) -> tuple[torch.Tensor, dict]:
+    """First order and own-dim embeddings field by field, read from the layer's tables.
+
+    Each table stores a field's embedding E in columns [:d] and its first-order
+    weight W in column [d].
+    """
+    first = emb.bias.expand(B, 1).clone()
+    own = {}
+    for f in emb.schema.fields:
+        d, x = (f.embedding_dim if emb.second_order else 0), batch[f.name]
+        if f.feature_type is FeatureType.SPARSE:
+            i = emb._sparse_names.index(f.name)
+            (g,) = [g for g, (a, b) in enumerate(emb._sparse_slices) if a <= i < b]
+            table = emb.sparse_tables[g].weight
+            rows = table[torch.where(x > 0, x + emb._sparse_offsets[i], 0)]  # (B, d + 1)
+        elif f.feature_type is FeatureType.DENSE:
+            i = emb._dense_names.index(f.name)
+            (g,) = [g for g, (a, b) in enumerate(emb._dense_slices) if a <= i < b]
+            rows = x[:, None] * emb.dense_vectors[g][i - emb._dense_slices[g][0]]
+        else:
+            table = emb.sequence_tables[emb._sequence_names.index(f.name)].weight
+            rows = table[x].sum(dim=1)  # the padding row is zero
+            if f.combiner == "mean":
+                rows = rows / (x > 0).sum(dim=1, keepdim=True).clamp(min=1)
+        own[f.name], first = rows[:, :d], first + rows[:, d:]
+    return first, own
+
+
 def test_embedding_values_match_per_field_lookups():
     schema = make_schema()
     emb = FeatureEmbedding(schema, 8)
+    with torch.no_grad():
+        emb.bias.fill_(0.5)
     batch = make_batch(schema)
-    # A reference forward, field by field, from the layer's own tables.
     first, field_emb, flat = emb(batch)
-    offsets = emb._group_offsets.tolist()
-    names = emb._sparse_names
-    own = {}
-    for name in ("user_id", "gender", "movie_id"):
-        table = emb.sparse_tables[0 if schema[name].embedding_dim == 8 else 1]
-        idx = batch[name]
-        rows = torch.where(idx > 0, idx + offsets[names.index(name)], 0)
-        own[name] = table.weight[rows]
-    assert emb.sparse_tables[0].weight[0].abs().sum() == 0
-    own["price"] = batch["price"][:, None] * emb.dense_vectors[0][0]
-    for i, name in enumerate(("genres", "tags")):
-        weight, x = emb.sequence_tables[i].weight, batch[name]
-        pooled = weight[x].sum(dim=1)  # padding row is zero
-        if schema[name].combiner == "mean":
-            pooled = pooled / (x > 0).sum(dim=1, keepdim=True).clamp(min=1)
-        own[name] = pooled
-    expected_flat = torch.cat([own[f.name] for f in schema.fields], dim=1)
-    torch.testing.assert_close(flat, expected_flat)
-    # movie_id and price (dim 4) have projections into the fm space (dim 8), in that order
+    expected_first, own = reference_embedding(emb, batch)
+    torch.testing.assert_close(first, expected_first)
+    torch.testing.assert_close(flat, torch.cat([own[f.name] for f in schema.fields], dim=1))
+    # price and movie_id (dim 4) are projected into the fm space (dim 8), in schema order
     assert len(emb.projections) == 2
-    torch.testing.assert_close(field_emb[:, 3], emb.projections[0](own["movie_id"]))
-    torch.testing.assert_close(field_emb[:, 2], emb.projections[1](own["price"]))
-    torch.testing.assert_close(field_emb[:, 0], own["user_id"])
+    torch.testing.assert_close(field_emb[:, 2], emb.projections[0](own["price"]))
+    torch.testing.assert_close(field_emb[:, 3], emb.projections[1](own["movie_id"]))
+    for i in (0, 1, 4, 5):
+        torch.testing.assert_close(field_emb[:, i], own[schema.fields[i].name])
+
+
+def test_embedding_uniform_dims_in_any_order():
+    schema = DatasetSchema(
+        (
+            FieldSchema("genres", FeatureType.SEQUENCE, 7, 4, max_length=3),
+            FieldSchema("price", FeatureType.DENSE, 1, 4),
+            FieldSchema("user_id", FeatureType.SPARSE, 11, 4),
+        )
+    )
+    emb = FeatureEmbedding(schema, 4)
+    batch = make_batch(schema)
+    first, field_emb, flat = emb(batch)
+    expected_first, own = reference_embedding(emb, batch)
+    torch.testing.assert_close(first, expected_first)
+    expected = torch.stack([own[n] for n in schema.field_names], dim=1)
+    torch.testing.assert_close(field_emb, expected)
+    torch.testing.assert_close(flat, expected.flatten(1))
+    assert len(emb.projections) == 0
 
 
 def test_embedding_padding_is_zero_and_first_order_is_bias():
@@ -121,23 +155,22 @@ def test_padding_rows_initialised_and_kept_zero():
         (first.sum() + field_emb.square().sum() + flat.sum()).backward()
         opt.step()
         opt.zero_grad()
-    for table in [emb.sparse_first_order, *emb.sparse_tables]:
+    for table in [*emb.sparse_tables, *emb.sequence_tables]:
         assert table.weight[0].abs().sum() == 0
         assert table.weight[1:].abs().sum() > 0
-    for bag in [*emb.sequence_first_order, *emb.sequence_tables]:
-        assert bag.weight[0].abs().sum() == 0
 
 
 def test_sequence_mean_pooling_counts_only_non_padding():
     schema = DatasetSchema((FieldSchema("genres", FeatureType.SEQUENCE, 5, 3, max_length=4),))
     emb = FeatureEmbedding(schema, 3)
+    with torch.no_grad():
+        emb.bias.zero_()
     x = torch.tensor([[1, 2, 0, 0], [0, 0, 0, 0], [3, 0, 3, 0], [0, 4, 0, 2]])
-    _, _, flat = emb({"genres": x})
-    w = emb.sequence_tables[0].weight
-    torch.testing.assert_close(flat[0], (w[1] + w[2]) / 2)
-    torch.testing.assert_close(flat[1], torch.zeros(3))
-    torch.testing.assert_close(flat[2], w[3])
-    torch.testing.assert_close(flat[3], (w[4] + w[2]) / 2)
+    first, _, flat = emb({"genres": x})
+    w = emb.sequence_tables[0].weight  # (5, 3 + 1): embedding, then first-order weight
+    pooled = torch.stack([(w[1] + w[2]) / 2, torch.zeros(4), w[3], (w[4] + w[2]) / 2])
+    torch.testing.assert_close(flat, pooled[:, :3])
+    torch.testing.assert_close(first, pooled[:, 3:])
 
 
 @pytest.mark.parametrize("combiner", ["mean", "sum", "max"])
@@ -156,9 +189,8 @@ def test_sequence_pooling_ignores_extra_padding_columns(combiner):
     long = FeatureEmbedding(schema_of(7), 4)
     long.load_state_dict(short.state_dict())
     batch = make_batch(schema_of(3))
-    padded = dict(
-        batch, genres=torch.cat([batch["genres"], torch.zeros(B, 4, dtype=torch.int64)], 1)
-    )
+    padding = torch.zeros(B, 4, dtype=torch.int64)
+    padded = dict(batch, genres=torch.cat([batch["genres"], padding], 1))
     for a, b in zip(short(batch), long(padded), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -170,13 +202,27 @@ def test_embedding_parameters_are_the_tables():
     ids = {id(p) for p in params}
     assert id(emb.bias) not in ids
     assert not any(id(p) in ids for proj in emb.projections for p in proj.parameters())
-    # first + second order of each field are covered (sparse tables are shared per dim)
-    assert len(params) == 1 + 2 + 1 + 1 + 2 + 2
-    # second_order=False keeps only the first-order tables
+    # every parameter but the bias and the projections is an embedding table
+    others = 1 + sum(1 for proj in emb.projections for _ in proj.parameters())
+    assert len(params) == len(list(emb.parameters())) - others
+    # sparse tables shared per dim (8, 4); one dense group; one bag per sequence field
+    assert len(params) == 2 + 1 + 2
+    # second_order=False keeps only the first-order weights
     linear = FeatureEmbedding(schema, 8, second_order=False)
-    assert len(linear.embedding_parameters()) == 1 + 1 + 2
+    assert all(p.shape[-1] == 1 for p in linear.embedding_parameters())
     first, field_emb, flat = linear(make_batch(schema))
     assert first.shape == (B, 1) and field_emb is None and flat is None
+    assert len(linear.projections) == 0
+
+
+def test_linear_only_first_order():
+    schema = make_schema()
+    linear = FeatureEmbedding(schema, 8, second_order=False)
+    with torch.no_grad():
+        linear.bias.fill_(-0.5)
+    batch = make_batch(schema)
+    first, _, _ = linear(batch)
+    torch.testing.assert_close(first, reference_embedding(linear, batch)[0])
 
 
 def test_embedding_is_xavier_initialised_per_field():
@@ -187,11 +233,13 @@ def test_embedding_is_xavier_initialised_per_field():
         )
     )
     emb = FeatureEmbedding(schema, 16)
-    w = emb.sparse_tables[0].weight
-    small, large = w[1:5], w[5:]
+    w = emb.sparse_tables[0].weight  # rows: padding, small 1-4, large 1-2000
+    small, large = w[1:5, :16], w[5:, :16]
     assert small.abs().max() <= math.sqrt(6 / (5 + 16))
     assert large.abs().max() <= math.sqrt(6 / (2001 + 16))
     assert small.abs().max() > math.sqrt(6 / (2001 + 16))  # not one bound for all fields
+    assert w[1:5, 16].abs().max() <= math.sqrt(6 / (5 + 1))  # first-order weights, dim 1
+    assert w[5:, 16].abs().max() <= math.sqrt(6 / (2001 + 1))
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,8 @@ def test_gradient_reaches_every_parameter(name, batch_norm):
 
 def test_lr_has_no_second_order_embeddings():
     model = create_model("lr", make_schema(), make_config())
-    assert len(model.embedding.sparse_tables) == 0 and len(model.embedding.sequence_tables) == 0
+    tables = model.embedding.embedding_parameters()
+    assert tables and all(t.shape[-1] == 1 for t in tables)  # first-order weights only
     fm = create_model("fm", make_schema(), make_config())
     assert model.num_parameters() < fm.num_parameters()
 
