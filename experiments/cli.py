@@ -1,9 +1,16 @@
 """The `ctr` command line: one click group, thin over the library.
 
 Heavy imports (torch, mlflow) happen inside commands so `ctr --help` is fast.
+Each command parses its options, calls one library function and prints; the
+library's typed errors (listed in `_USER_ERRORS`) become a one-line message
+and exit code 1, without a traceback.
 """
 
 from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -12,6 +19,237 @@ import click
 @click.version_option(package_name="ctr")
 def main() -> None:
     """Train, evaluate, compare and promote CTR models on MovieLens-100K."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (bad input, unreachable server, ...)."""
+    from ctr.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, ValueError, FileNotFoundError]
+    try:
+        from experiments.compare import CompareError
+        from experiments.promote import PromotionError
+        from experiments.train import TrackingServerError
+
+        errors += [CompareError, PromotionError, TrackingServerError, FloatingPointError]
+    except ImportError:  # pragma: no cover - mlflow missing: only library errors apply
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's typed errors into click.ClickException (exit 1, no traceback)."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except _user_errors() as exc:
+        message = str(exc)
+        run_id = getattr(exc, "mlflow_run_id", None)
+        if run_id:
+            message += f"\n(MLflow run {run_id} is marked FAILED; its tag 'error' says why)"
+        raise click.ClickException(message) from exc
+
+
+# ---------------------------------------------------------------------- train
+def _shorthand_overrides(epochs: str, batch_size: str, learning_rate: str, seed: str) -> list[str]:
+    """--epochs etc. as config overrides; "" means "use the config" (MLproject defaults)."""
+    pairs = [
+        ("training.num_epochs", epochs),
+        ("training.batch_size", batch_size),
+        ("training.learning_rate", learning_rate),
+        ("seed", seed),
+    ]
+    return [f"{key}={value.strip()}" for key, value in pairs if value and value.strip()]
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    default="",
+    metavar="PATH",
+    help="Experiment YAML (default with --model: configs/<model>_movielens.yaml).",
+)
+@click.option(
+    "--model", default="", help="Model name; picks its config when --config is not given."
+)
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Config override, e.g. training.num_epochs=2 (repeatable; more KEY=VALUE may follow).",
+)
+@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option(
+    "--overrides",
+    "overrides_text",
+    default="",
+    metavar="'K=V K=V'",
+    help="Space-separated overrides in one string (what the MLproject passes).",
+)
+@click.option("--epochs", default="", help="Shorthand for training.num_epochs.")
+@click.option("--batch-size", default="", help="Shorthand for training.batch_size.")
+@click.option("--learning-rate", default="", help="Shorthand for training.learning_rate.")
+@click.option("--seed", default="", help="Shorthand for seed.")
+@click.option(
+    "--experiment-name", default="movielens-100k", show_default=True, help="MLflow experiment."
+)
+@click.option("--run-name", default=None, help="MLflow run name (default: MLflow picks one).")
+def train(
+    config_path: str,
+    model: str,
+    overrides: tuple[str, ...],
+    more_overrides: tuple[str, ...],
+    overrides_text: str,
+    epochs: str,
+    batch_size: str,
+    learning_rate: str,
+    seed: str,
+    experiment_name: str,
+    run_name: str | None,
+) -> None:
+    """Train one model as one tracked MLflow run.
+
+    \b
+    ctr train --config configs/deepfm_movielens.yaml --override training.num_epochs=2
+    ctr train --model xdeepfm --override training.num_epochs=2 training.batch_size=512
+
+    Tracks into $MLFLOW_TRACKING_URI, or ./mlflow.db when it is unset. Started by
+    `mlflow run`, it logs into the run MLflow created.
+    """
+    stray = [arg for arg in more_overrides if "=" not in arg]
+    if stray:
+        raise click.UsageError(f"expected KEY=VALUE overrides, got {stray}")
+    if not config_path and not model:
+        raise click.UsageError("give --config PATH or --model NAME")
+    all_overrides = [
+        *overrides,
+        *more_overrides,
+        *shlex.split(overrides_text),
+        *_shorthand_overrides(epochs, batch_size, learning_rate, seed),
+    ]
+    with user_errors():
+        from experiments.train import run_training
+
+        run_id = run_training(
+            config_path or None,
+            all_overrides,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            model=model or None,
+        )
+    click.echo(f"run {run_id} finished")
+
+
+# -------------------------------------------------------------------- compare
+@main.command()
+@click.option("--experiment", default="movielens-100k", show_default=True, help="Experiment name.")
+@click.option("--metric", default="val_ndcg_at_10", show_default=True, help="Sort by this metric.")
+@click.option(
+    "--filter",
+    "filter_string",
+    default=None,
+    help="MLflow run filter, e.g. \"params.model = 'deepfm'\".",
+)
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the best N.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), default=None, help="PNG of the per-epoch curves."
+)
+@click.option("--diff-only", is_flag=True, help="Show only the params that differ between runs.")
+@click.option(
+    "--group-by",
+    multiple=True,
+    metavar="PARAM",
+    help="Fold runs by a param (e.g. params.model): mean ± std and the run count.",
+)
+@click.option("--all-metrics", is_flag=True, help="Every val/test metric (csv/json: always).")
+def compare(
+    experiment: str,
+    metric: str,
+    filter_string: str | None,
+    top: int | None,
+    fmt: str,
+    plot: str | None,
+    diff_only: bool,
+    group_by: tuple[str, ...],
+    all_metrics: bool,
+) -> None:
+    """Compare the finished runs of an experiment, best first."""
+    with user_errors():
+        from experiments.compare import compare_runs, plot_metric_curves, render
+
+        cmp = compare_runs(
+            experiment,
+            metric=metric,
+            filter_string=filter_string,
+            top=top,
+            diff_only=diff_only,
+            group_by=group_by,
+            all_metrics=all_metrics or fmt != "table",
+        )
+        click.echo(render(cmp, fmt))
+        notes_to_stderr = fmt != "table"
+        if plot:
+            path = plot_metric_curves(cmp, plot)
+            click.echo(f"plot: {path}", err=notes_to_stderr)
+        if cmp.ui_url:
+            click.echo(f"compare in the MLflow UI: {cmp.ui_url}", err=notes_to_stderr)
+
+
+# -------------------------------------------------------------------- promote
+@main.command()
+@click.option("--experiment", default="movielens-100k", show_default=True, help="Experiment name.")
+@click.option(
+    "--metric", default="val_ndcg_at_10", show_default=True, help="Choose by this metric."
+)
+@click.option(
+    "--model-name", default=None, help="Registered model (default: <model>-movielens of the run)."
+)
+@click.option("--alias", default="champion", show_default=True)
+@click.option(
+    "--filter",
+    "filter_string",
+    default=None,
+    help="Only consider runs matching this MLflow filter.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@click.option("--force", is_flag=True, help="Promote even if the current alias holder is better.")
+def promote(
+    experiment: str,
+    metric: str,
+    model_name: str | None,
+    alias: str,
+    filter_string: str | None,
+    dry_run: bool,
+    force: bool,
+) -> None:
+    """Register the best finished run's model and point the alias at it."""
+    with user_errors():
+        from experiments.promote import promote_best_run
+
+        result = promote_best_run(
+            experiment,
+            metric=metric,
+            model_name=model_name,
+            alias=alias,
+            dry_run=dry_run,
+            force=force,
+            filter_string=filter_string,
+        )
+    click.echo(result.message)
+    if not dry_run:
+        click.echo(f'load it with mlflow.pytorch.load_model("{result.uri}")')
+        click.echo(result.uri)
 
 
 if __name__ == "__main__":

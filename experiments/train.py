@@ -1,0 +1,225 @@
+"""The tracked training entry point (`ctr train`, the MLproject's `main`).
+
+    run_id = run_training("configs/deepfm_movielens.yaml", ["training.num_epochs=2"])
+
+One call = one MLflow run:
+
+- the config is loaded and validated first, so a bad config creates no run
+  (when `mlflow run` already created one, it is marked FAILED with the error);
+- an unreachable tracking server fails in seconds, naming the URI and the fix,
+  before any data is read;
+- the run ends FINISHED, FAILED (error text in the tag `error`, traceback in
+  `errors/traceback.txt`) or KILLED (Ctrl-C or SIGTERM);
+- started by `mlflow run`, it attaches to the run MLflow created (MLFLOW_RUN_ID).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ctr.config import ConfigError, ExperimentConfig, load_config
+from ctr.utils import get_logger
+from experiments.tracking import ExtraModelLogger, MLflowCallback
+
+logger = get_logger("experiments.train")
+
+DEFAULT_EXPERIMENT = "movielens-100k"
+ERROR_TAG = "error"
+TRACEBACK_ARTIFACT = "errors/traceback.txt"
+_MAX_TAG_CHARS = 5000  # MLflow allows 8000 per tag value
+_SERVER_CHECK_TIMEOUT_S = 5
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+class TrainingTerminated(KeyboardInterrupt):
+    """SIGTERM arrived during training; handled like Ctrl-C (the run ends KILLED)."""
+
+
+def default_config_path(model: str) -> Path:
+    """configs/<model>_movielens.yaml: in the working directory, else in the checkout."""
+    relative = Path("configs") / f"{model}_movielens.yaml"
+    if relative.is_file():
+        return relative
+    in_checkout = Path(__file__).resolve().parents[1] / relative
+    return in_checkout if in_checkout.is_file() else relative
+
+
+def default_extra_model_loggers() -> list[ExtraModelLogger]:
+    """Models logged beside the PyTorch model at the end of every tracked run."""
+    return []
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_tracking_server(uri: str | None = None, timeout: int = _SERVER_CHECK_TIMEOUT_S) -> str:
+    """Return the tracking URI; raise TrackingServerError at once if it is a
+    server that does not answer (instead of MLflow's minutes of retries)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = uri or mlflow.get_tracking_uri()
+    if not is_server_uri(uri):
+        return uri
+    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise TrackingServerError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it "
+                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
+                f"sqlite:///mlflow.db`) or unset MLFLOW_TRACKING_URI to track into "
+                f"./mlflow.db in the working directory"
+            ) from None
+    return uri
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises TrainingTerminated (a KeyboardInterrupt)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TrainingTerminated(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _mark_failed(client, run_id: str, exc: BaseException, status: str) -> None:
+    """Tag and annotate a run that did not finish; never raises."""
+    from mlflow.entities import RunTag
+
+    text = f"{type(exc).__name__}: {exc}"
+    try:
+        client.log_batch(
+            run_id,
+            tags=[RunTag(ERROR_TAG, text[:_MAX_TAG_CHARS]), RunTag("status_reason", status)],
+        )
+        client.log_text(
+            run_id,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            TRACEBACK_ARTIFACT,
+        )
+    except Exception as log_exc:  # the server may be the reason we failed
+        logger.warning("could not record the failure on run %s: %s", run_id, log_exc)
+
+
+def load_training_config(
+    config_path: str | Path | None, overrides: Sequence[str] = (), model: str | None = None
+) -> ExperimentConfig:
+    """The config of a training run: the file (default: the model's config) plus overrides.
+
+    `model` picks configs/<model>_movielens.yaml when no path is given; with both,
+    the config's model_name must be `model`.
+    """
+    if config_path in (None, ""):
+        if not model:
+            raise ConfigError("expected a config path or a model name, got neither")
+        config_path = default_config_path(model)
+    config = load_config(config_path, list(overrides))
+    if model and config.model_name != model:
+        raise ConfigError(
+            f"expected the config {config_path} to train model {model!r}, got model_name "
+            f"{config.model_name!r}; pass the matching model (e.g. -P model={config.model_name})"
+        )
+    return config
+
+
+def run_training(
+    config_path: str | Path | None,
+    overrides: Sequence[str] = (),
+    experiment_name: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    *,
+    model: str | None = None,
+    extra_model_loggers: Sequence[ExtraModelLogger] | None = None,
+) -> str:
+    """Train one model as one MLflow run and return the run id.
+
+    Raises ConfigError (no run created), TrackingServerError (no run created),
+    or whatever training raised (the run is marked FAILED / KILLED first).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ctr.training import fit
+
+    attached_run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    try:
+        config = load_training_config(config_path, overrides, model)
+    except ConfigError as exc:
+        if attached_run_id:  # `mlflow run` created the run already: close it honestly
+            client = MlflowClient()
+            _mark_failed(client, attached_run_id, exc, "FAILED")
+            client.set_terminated(attached_run_id, "FAILED")
+        raise
+    check_tracking_server()
+
+    if attached_run_id:
+        run = mlflow.start_run(run_id=attached_run_id)
+    else:
+        mlflow.set_experiment(experiment_name)
+        run = mlflow.start_run(run_name=run_name)
+    run_id = run.info.run_id
+    client = MlflowClient()
+    loggers = default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
+    callback = MLflowCallback(run_id, client=client, extra_model_loggers=loggers)
+    checkpoint_dir = Path(config.training.checkpoint_dir) / run_id
+    logger.info(
+        "run %s (experiment %s) at %s: training %s",
+        run_id,
+        run.info.experiment_id,
+        mlflow.get_tracking_uri(),
+        config.model_name,
+    )
+    try:
+        with sigterm_as_interrupt():
+            fit(config, callbacks=[callback], checkpoint_dir=checkpoint_dir)
+    except KeyboardInterrupt as exc:
+        _mark_failed(client, run_id, exc, "KILLED")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as exc:
+        _mark_failed(client, run_id, exc, "FAILED")
+        mlflow.end_run(status="FAILED")
+        exc.mlflow_run_id = run_id  # type: ignore[attr-defined]  # for the CLI's message
+        raise
+    if callback.history:  # what tracking added to the epochs (per-epoch hooks only)
+        per_epoch = sum(callback.epoch_overhead_seconds) / len(callback.history)
+        client.log_metric(run_id, "tracking_seconds_per_epoch", per_epoch)
+        client.log_metric(run_id, "tracking_overhead_fraction", callback.overhead_fraction())
+    mlflow.end_run(status="FINISHED")
+    logger.info("run %s finished; model at %s", run_id, callback.model_uri)
+    return run_id

@@ -1,0 +1,140 @@
+"""`ctr compare` on the runs trained once per session against the real server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from experiments.cli import main
+from experiments.compare import compare_url, lower_is_better, param_name
+from tests.conftest import TrainedExperiment, tracking_env
+
+
+def test_compare_url_only_for_servers():
+    url = compare_url("http://127.0.0.1:5000/", "3", ["a1", "b2"])
+    assert url == 'http://127.0.0.1:5000/#/compare-runs?runs=["a1","b2"]&experiments=["3"]'
+    assert compare_url("sqlite:///mlflow.db", "3", ["a1"]) is None
+
+
+def test_metric_direction_and_param_names():
+    assert lower_is_better("val_logloss") and lower_is_better("train_loss")
+    assert not lower_is_better("val_ndcg_at_10") and not lower_is_better("test_auc")
+    assert param_name("params.model") == "model" and param_name("seed") == "seed"
+
+
+@pytest.fixture(scope="module")
+def exp(trained_experiment: TrainedExperiment):
+    return trained_experiment
+
+
+@pytest.fixture(scope="module")
+def run_metrics(exp: TrainedExperiment) -> dict[str, dict[str, float]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(exp.uri)
+    return {rid: client.get_run(rid).data.metrics for rid in exp.runs.values()}
+
+
+def invoke(exp: TrainedExperiment, *args: str):
+    with tracking_env(exp.uri):
+        return CliRunner().invoke(main, ["compare", "--experiment", exp.name, *args])
+
+
+@pytest.mark.slow
+def test_table_lists_every_finished_run_best_first_with_the_ui_link(exp, run_metrics):
+    result = invoke(exp)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "sorted by val_ndcg_at_10 (higher is better)" in lines[0]
+    header = lines[1].split()
+    for column in ("run_id", "run_name", "model", "seed", "best_epoch", "val_ndcg_at_10"):
+        assert column in header
+    assert "test_ndcg_at_10" in header and "training.learning_rate" in header
+    body = [line.split()[0] for line in lines[3 : 3 + len(exp.runs)]]
+    assert sorted(body) == sorted(exp.runs.values())
+    values = [run_metrics[rid]["best_val_ndcg_at_10"] for rid in body]
+    assert values == sorted(values, reverse=True)
+    (url_line,) = [line for line in lines if line.startswith("compare in the MLflow UI: ")]
+    url = url_line.split(": ", 1)[1]
+    assert url.startswith(f"{exp.uri}/#/compare-runs?runs=[")
+    assert all(rid in url for rid in exp.runs.values())
+
+
+@pytest.mark.slow
+def test_csv_and_json_carry_every_metric_and_agree(exp, run_metrics):
+    csv_out = invoke(exp, "--format", "csv")
+    assert csv_out.exit_code == 0, csv_out.output
+    rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert len(rows) == len(exp.runs)
+    for row in rows:
+        metrics = run_metrics[row["run_id"]]
+        assert float(row["val_ndcg_at_10"]) == pytest.approx(metrics["best_val_ndcg_at_10"])
+        assert float(row["test_hr_at_20"]) == pytest.approx(metrics["test_hr_at_20"])
+    json_out = invoke(exp, "--format", "json", "--metric", "val_logloss", "--top", "3")
+    assert json_out.exit_code == 0, json_out.output
+    data = json.loads(json_out.stdout)
+    assert len(data) == 3
+    losses = [r["val_logloss"] for r in data]
+    assert losses == sorted(losses)  # lower is better
+    assert min(m["best_val_logloss"] for m in run_metrics.values()) == pytest.approx(losses[0])
+
+
+@pytest.mark.slow
+def test_filter_and_diff_only_show_the_params_that_differ(exp):
+    result = invoke(exp, "--filter", "params.model = 'lr'", "--diff-only", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["run_id"] for r in rows} == {exp.runs["lr"], exp.runs["lr_seed7"]}
+    assert {r["seed"] for r in rows} == {"42", "7"}
+    assert "training.learning_rate" not in rows[0]  # the same in both runs
+    everything = json.loads(invoke(exp, "--diff-only", "--format", "json").stdout)
+    assert "model_name" in everything[0] and "num_params" in everything[0]
+    assert "training.learning_rate" not in everything[0]
+
+
+@pytest.mark.slow
+def test_group_by_model_gives_mean_std_and_run_count(exp, run_metrics):
+    result = invoke(exp, "--group-by", "params.model", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {r["model"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"lr", "fm", "deepfm", "xdeepfm", "attention_deepfm"}
+    lr = rows["lr"]
+    assert lr["runs"] == 2 and lr["seeds"] == "42,7" and lr["also_differ"] == ""
+    values = [run_metrics[exp.runs[k]]["best_val_ndcg_at_10"] for k in ("lr", "lr_seed7")]
+    assert lr["val_ndcg_at_10_mean"] == pytest.approx(statistics.fmean(values))
+    assert lr["val_ndcg_at_10_std"] == pytest.approx(statistics.stdev(values))
+    assert rows["fm"]["runs"] == 1 and rows["fm"]["val_ndcg_at_10_std"] is None
+    table = invoke(exp, "--group-by", "model")
+    assert table.exit_code == 0
+    assert "grouped by model" in table.output and "±" in table.output
+
+
+@pytest.mark.slow
+def test_plot_writes_one_png_of_the_per_epoch_curves(exp, tmp_path):
+    import matplotlib.image
+
+    path = tmp_path / "curves.png"
+    result = invoke(exp, "--plot", str(path), "--top", "4")
+    assert result.exit_code == 0, result.output
+    assert f"plot: {path}" in result.output
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+
+
+@pytest.mark.slow
+def test_unknown_experiment_metric_or_filter_is_a_clear_error(exp):
+    result = invoke(exp, "--metric", "val_ndcg@10")
+    assert result.exit_code == 1
+    assert "val_ndcg@10" in result.output and "val_ndcg_at_10" in result.output
+    assert "Traceback" not in result.output
+    with tracking_env(exp.uri):
+        missing = CliRunner().invoke(main, ["compare", "--experiment", "no-such-experiment"])
+    assert missing.exit_code == 1
+    assert "no-such-experiment" in missing.output and exp.name in missing.output
+    bad_filter = invoke(exp, "--filter", "params.model ==== 'x'")
+    assert bad_filter.exit_code == 1 and "invalid --filter" in bad_filter.output
