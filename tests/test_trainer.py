@@ -1,0 +1,271 @@
+"""Trainer tests on the real ml-100k files with small, fast configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctr.config import load_config
+from ctr.models import create_model
+from ctr.training import Callback, Trainer, build_data, evaluate_checkpoint
+from ctr.utils import load_checkpoint, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# small model, big batches: an epoch takes a few seconds on 2 cores
+FAST = [
+    "features.embedding_dim=8",
+    "fm.embed_dim=8",
+    "dnn.hidden_units=[32]",
+    "training.batch_size=4096",
+    "training.full_ranking=false",
+    "training.eval_batch_size=131072",
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    config = load_config(ROOT / "configs/deepfm_movielens.yaml", FAST)
+    _, schema, train_ds, val_ds, test_ds = build_data(config)
+    return schema, train_ds, val_ds, test_ds
+
+
+def make_trainer(data, tmp_path, overrides=(), callbacks=None, name="run"):
+    schema, train_ds, val_ds, test_ds = data
+    config = load_config(ROOT / "configs/deepfm_movielens.yaml", [*FAST, *overrides])
+    seed_everything(config.seed)
+    model = create_model(config.model_name, schema, config)
+    return Trainer(
+        model,
+        schema,
+        config,
+        train_ds,
+        val_ds,
+        test_ds,
+        callbacks=callbacks,
+        checkpoint_dir=tmp_path / name,
+    )
+
+
+def _without_timings(history):
+    return [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in history]
+
+
+def test_seeded_cpu_runs_are_bit_for_bit_repeatable(data, tmp_path):
+    a = make_trainer(data, tmp_path, ["training.num_epochs=1"], name="a")
+    summary_a = a.fit()
+    b = make_trainer(data, tmp_path, ["training.num_epochs=1"], name="b")
+    summary_b = b.fit()
+    assert _without_timings(a.history) == _without_timings(b.history)
+    assert summary_a["test_ndcg_at_10"] == summary_b["test_ndcg_at_10"]
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path):
+    full = make_trainer(data, tmp_path, ["training.num_epochs=2"], name="full")
+    full.fit()
+    first = make_trainer(data, tmp_path, ["training.num_epochs=1"], name="first")
+    first.fit()
+    resumed = make_trainer(
+        data,
+        tmp_path,
+        ["training.num_epochs=2", f"training.resume_from={tmp_path / 'first' / 'last.pt'}"],
+        name="resumed",
+    )
+    resumed.fit()
+    assert resumed.epoch == 2
+    assert _without_timings(resumed.history) == _without_timings(full.history)
+    for (name, pa), pb in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_negatives_are_fresh_every_epoch_and_loss_falls(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"])
+    trainer.fit()
+    losses = [h["train_loss"] for h in trainer.history]
+    assert losses[1] < losses[0]
+    _, train_ds, _, _ = data
+    e1 = train_ds.sample_epoch(1, 42).features["movie_id"]
+    e2 = train_ds.sample_epoch(2, 42).features["movie_id"]
+    assert not torch.equal(e1, e2)
+
+
+class Recorder(Callback):
+    def __init__(self, fail_at_epoch=None):
+        self.events = []
+        self.fail_at_epoch = fail_at_epoch
+
+    def on_train_begin(self, context):
+        self.events.append(("begin", context.num_params > 0))
+
+    def on_epoch_end(self, epoch, metrics):
+        self.events.append(("epoch", epoch, sorted(metrics)))
+        if epoch == self.fail_at_epoch:
+            raise RuntimeError("boom")
+
+    def on_checkpoint(self, epoch, path, is_best):
+        assert Path(path).is_file()
+        self.events.append(("checkpoint", epoch, is_best))
+
+    def on_train_end(self, summary):
+        self.events.append(("end", summary["best_epoch"]))
+
+    def on_exception(self, exc):
+        self.events.append(("exception", str(exc)))
+
+
+def test_callbacks_see_every_epoch_checkpoint_and_the_summary(data, tmp_path):
+    recorder = Recorder()
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"], callbacks=[recorder])
+    summary = trainer.fit()
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "begin" and kinds[-1] == "end"
+    assert kinds.count("epoch") == 2
+    epoch_keys = recorder.events[1][2]
+    for key in [
+        "train_loss",
+        "lr",
+        "epoch_seconds",
+        "val_auc",
+        "val_logloss",
+        "val_hr_at_5",
+        "val_hr_at_10",
+        "val_hr_at_20",
+        "val_ndcg_at_5",
+        "val_ndcg_at_10",
+        "val_ndcg_at_20",
+    ]:
+        assert key in epoch_keys
+    assert ("checkpoint", 1, True) in recorder.events
+    for key in ["best_epoch", "best_val_ndcg_at_10", "test_ndcg_at_10", "test_auc"]:
+        assert key in summary
+    # test metrics are those of the best epoch's weights, re-evaluated from its checkpoint
+    reevaluated = evaluate_checkpoint(summary["best_checkpoint"], "test")
+    assert reevaluated["test_ndcg_at_10"] == pytest.approx(summary["test_ndcg_at_10"], abs=1e-6)
+
+
+def test_a_failing_run_reports_the_exception_and_keeps_its_checkpoint(data, tmp_path):
+    recorder = Recorder(fail_at_epoch=1)
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"], callbacks=[recorder])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert recorder.events[-1] == ("exception", "boom")
+    assert not any(e[0] == "end" for e in recorder.events)
+
+
+def test_early_stopping_stops_when_the_monitor_stalls(data, tmp_path):
+    # val_logloss falls as the model learns, so in "max" mode it never improves after epoch 1
+    trainer = make_trainer(
+        data,
+        tmp_path,
+        [
+            "training.num_epochs=6",
+            "training.monitor=val_logloss",
+            "training.monitor_mode=max",
+            "training.early_stopping_patience=1",
+        ],
+    )
+    summary = trainer.fit()
+    assert summary["stopped_early"] is True
+    assert summary["best_epoch"] == 1
+    assert summary["epochs_run"] == 2
+    state = load_checkpoint(summary["best_checkpoint"])
+    assert state["epoch"] == 1 and state["model_name"] == "deepfm"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["training.optimizer=adamw", "training.scheduler=step", "training.step_size=1"],
+        ["training.optimizer=sgd", "training.scheduler=cosine", "training.learning_rate=0.3"],
+        ["training.scheduler=plateau", "training.grad_clip_norm=1.0"],
+        ["training.loss=bpr", "training.l2_embedding=1.0e-6"],
+    ],
+    ids=["adamw-step", "sgd-cosine", "plateau-clip", "bpr-l2"],
+)
+def test_optimizers_schedulers_and_losses_train(data, tmp_path, overrides):
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2", *overrides])
+    summary = trainer.fit()
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in trainer.history)
+    assert summary["best_val_auc"] > 0.55
+    if "training.scheduler=step" in overrides:
+        assert trainer.history[1]["lr"] == pytest.approx(trainer.history[0]["lr"] * 0.5)
+
+
+def test_unknown_monitor_is_a_clear_error(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=1", "training.monitor=val_nope"])
+    with pytest.raises(ValueError, match="val_nope"):
+        trainer.fit()
+
+
+def test_ctr_imports_and_trains_with_mlflow_unavailable(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mlflow"] = None  # any `import mlflow` now raises ImportError
+        import ctr, ctr.models, ctr.training, ctr.data
+        from ctr.config import load_config
+        from ctr.training import fit
+        cfg = load_config({str(ROOT / "configs/deepfm_movielens.yaml")!r},
+                          {FAST!r} + ["training.num_epochs=1"])
+        result = fit(cfg, checkpoint_dir={str(tmp_path / "ckpt")!r})
+        assert result.summary["test_auc"] > 0.5
+        print("OK")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
+
+
+def test_import_ctr_does_not_import_mlflow():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, ctr, ctr.models, ctr.training, ctr.data; print('mlflow' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_deepfm_two_epochs_learns_and_beats_popularity(tmp_path):
+    from ctr.training.baselines import PopularityModel
+    from ctr.training.metrics import RankingEvaluator
+
+    config = load_config(
+        ROOT / "configs/deepfm_movielens.yaml",
+        ["training.num_epochs=2", "training.full_ranking=false"],
+    )
+    adapter, schema, train_ds, val_ds, test_ds = build_data(config)
+    seed_everything(config.seed)
+    model = create_model("deepfm", schema, config)
+    trainer = Trainer(
+        model, schema, config, train_ds, val_ds, test_ds, checkpoint_dir=tmp_path / "ckpt"
+    )
+    trainer.fit()
+    best = max(trainer.history, key=lambda h: h["val_ndcg_at_10"])
+    popularity = RankingEvaluator(val_ds, full_ranking=False).evaluate(
+        PopularityModel(adapter.item_popularity)
+    )
+    assert best["val_auc"] > 0.75
+    assert best["val_ndcg_at_10"] > popularity["val_ndcg_at_10"]
