@@ -64,7 +64,9 @@ def test_seeded_cpu_runs_are_bit_for_bit_repeatable(data, tmp_path):
     summary_b = b.fit()
     assert _without_timings(a.history) == _without_timings(b.history)
     assert summary_a["test_ndcg_at_10"] == summary_b["test_ndcg_at_10"]
-    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (name, pa), pb in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(pa, pb), name
 
 
@@ -82,7 +84,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path):
     resumed.fit()
     assert resumed.epoch == 2
     assert _without_timings(resumed.history) == _without_timings(full.history)
-    for (name, pa), pb in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, pa), pb in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(pa, pb), name
 
 
