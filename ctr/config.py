@@ -81,7 +81,8 @@ class TrainingConfig(_Section):
     monitor: str = "val_ndcg_at_10"  # metric for early stopping and the best checkpoint
     monitor_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int = Field(5, ge=0)  # 0 disables early stopping
-    full_ranking: bool = True  # also rank against the whole catalogue each epoch
+    # also rank val against the whole catalogue each epoch (test always is, once)
+    full_ranking: bool = True
     checkpoint_dir: str = "checkpoints"
     resume_from: str | None = None  # path of a checkpoint to continue from
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
