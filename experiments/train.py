@@ -53,8 +53,11 @@ def default_config_path(model: str) -> Path:
 
 
 def default_extra_model_loggers() -> list[ExtraModelLogger]:
-    """Models logged beside the PyTorch model at the end of every tracked run."""
-    return []
+    """Models logged beside the PyTorch model at the end of every tracked run:
+    the serving pyfunc `recommender` (experiments.serving)."""
+    from experiments.serving import log_recommender
+
+    return [log_recommender]
 
 
 def is_server_uri(uri: str) -> bool:
