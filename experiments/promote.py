@@ -8,6 +8,8 @@ epoch); register its logged model as a version of `<model>-movielens`
 (unless that run already has a version there); compare with the run behind the
 current alias holder and refuse if that one is better (unless `force`); move
 the alias to the new version and give the old holder the alias `previous`.
+The run's serving model (`recommender`, see experiments.serving) is registered
+the same way as `<model>-movielens-recommender` under the same alias.
 
 Concurrent promotes stay consistent: a version created by a racing promote of
 the same run is found again and the duplicate removed, and each alias points
@@ -60,10 +62,18 @@ class PromotionResult:
     changed: bool  # the alias moved
     dry_run: bool
     message: str
+    recommender_version: str | None = None  # version of <model_name>-recommender at the alias
 
     @property
     def uri(self) -> str:
         return f"models:/{self.model_name}@{self.alias}"
+
+    @property
+    def recommender_uri(self) -> str | None:
+        """models:/<model_name>-recommender@<alias>, when the run's recommender was registered."""
+        if self.recommender_version is None:
+            return None
+        return f"models:/{recommender_model_name(self.model_name)}@{self.alias}"
 
 
 def registered_model_name(run: Run) -> str:
@@ -73,18 +83,25 @@ def registered_model_name(run: Run) -> str:
     return f"{model}{MODEL_SUFFIX}"
 
 
-def logged_model_id(client: MlflowClient, run: Run) -> str:
-    """The id of the PyTorch model the run logged (its `model` logged model)."""
+def recommender_model_name(model_name: str) -> str:
+    """The registered serving model beside `model_name`: deepfm-movielens-recommender."""
+    from experiments.serving import REGISTRY_SUFFIX
+
+    return f"{model_name}{REGISTRY_SUFFIX}"
+
+
+def logged_model_id(client: MlflowClient, run: Run, name: str = MODEL_NAME) -> str:
+    """The id of the model `name` the run logged (default: its PyTorch model `model`)."""
     from mlflow.entities import LoggedModelStatus
 
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{MODEL_NAME}'",
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
     )
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
     if not ready:
         raise PromotionError(
-            f"run {run.info.run_id} ({run.info.run_name}) has no logged model {MODEL_NAME!r}; "
+            f"run {run.info.run_id} ({run.info.run_name}) has no logged model {name!r}; "
             f"it cannot be promoted (was it trained with tracking of the model disabled?)"
         )
     return max(ready, key=lambda m: m.creation_timestamp).model_id
@@ -118,12 +135,14 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def _version_for_run(client: MlflowClient, name: str, run: Run) -> tuple[ModelVersion, bool]:
+def _version_for_run(
+    client: MlflowClient, name: str, run: Run, logged_name: str = MODEL_NAME
+) -> tuple[ModelVersion, bool]:
     """The registry version of `run` (created if missing); a racing duplicate is removed."""
     existing = _versions_of_run(client, name, run.info.run_id)
     if existing:
         return existing[0], False
-    model_id = logged_model_id(client, run)
+    model_id = logged_model_id(client, run, logged_name)
     _ensure_registered_model(client, name)
     created = client.create_model_version(
         name,
@@ -139,6 +158,31 @@ def _version_for_run(client: MlflowClient, name: str, run: Run) -> tuple[ModelVe
         client.delete_model_version(name, created.version)
         return keep, False
     return created, True
+
+
+def _promote_recommender(client: MlflowClient, name: str, run: Run, alias: str) -> str | None:
+    """Register the run's `recommender` as `<name>-recommender` and point `alias` at it
+    (the former holder gets `previous`); the version, or None if the run logged none."""
+    from experiments.serving import RECOMMENDER_NAME
+
+    try:
+        logged_model_id(client, run, RECOMMENDER_NAME)
+    except PromotionError:  # a run from before serving models were logged
+        return None
+    serving_name = recommender_model_name(name)
+    version, _ = _version_for_run(client, serving_name, run, RECOMMENDER_NAME)
+    holder = _alias_holder(client, serving_name, alias)
+    if holder is None or holder.version != version.version:
+        if holder is not None:
+            client.set_registered_model_alias(serving_name, PREVIOUS_ALIAS, holder.version)
+        client.set_registered_model_alias(serving_name, alias, version.version)
+    return version.version
+
+
+def _recommender_note(name: str, alias: str, version: str | None) -> str:
+    if version is None:
+        return f"; the run logged no {recommender_model_name(name)!r} serving model"
+    return f"; {recommender_model_name(name)} version {version} is @{alias}"
 
 
 def promote_best_run(
@@ -196,13 +240,17 @@ def promote_best_run(
         )
 
     if holder is not None and holder.run_id == best.info.run_id:
-        return result(
+        # the serving model may be missing (promoted before it existed): make sure of it
+        serving_version = _promote_recommender(client, name, best, alias)
+        done = result(
             holder.version,
             False,
             False,
             f"run {best.info.run_id} already holds {name}@{alias} (version {holder.version}, "
             f"{metric}={value:.4f}); nothing to do",
         )
+        done.recommender_version = serving_version
+        return done
     if holder is not None and holder_value is not None and not force:
         better = holder_value < value if lower_is_better(metric) else holder_value > value
         if better:
@@ -231,16 +279,19 @@ def promote_best_run(
     if holder is not None and holder.version != version.version:
         client.set_registered_model_alias(name, PREVIOUS_ALIAS, holder.version)
     client.set_registered_model_alias(name, alias, version.version)
+    serving_version = _promote_recommender(client, name, best, alias)
     was = (
         f"; version {holder.version} ({metric}={holder_value:.4f}) is now @{PREVIOUS_ALIAS}"
         if holder is not None and holder_value is not None
         else ""
     )
-    return result(
+    promoted = result(
         version.version,
         created,
         True,
         f"{name} version {version.version} ({'new' if created else 'existing'}) from run "
         f"{best.info.run_id} ({best.info.run_name}) with {metric}={value:.4f} is now "
-        f"@{alias}{was}",
+        f"@{alias}{was}{_recommender_note(name, alias, serving_version)}",
     )
+    promoted.recommender_version = serving_version
+    return promoted
