@@ -249,7 +249,46 @@ def promote(
     click.echo(result.message)
     if not dry_run:
         click.echo(f'load it with mlflow.pytorch.load_model("{result.uri}")')
+        if result.recommender_uri:
+            click.echo(
+                f"serve it with: mlflow models serve -m {result.recommender_uri} "
+                f"--env-manager local -h 127.0.0.1 -p 5001"
+            )
         click.echo(result.uri)
+
+
+# ------------------------------------------------------------------ recommend
+@main.command()
+@click.option(
+    "--model-uri",
+    default="models:/deepfm-movielens-recommender@champion",
+    show_default=True,
+    help="A recommender model: registered (models:/NAME@ALIAS), logged, or a local path.",
+)
+@click.option("--user", "user_id", type=int, required=True, help="Raw MovieLens user id.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--include-seen", is_flag=True, help="Also rank the user's training items.")
+def recommend(model_uri: str, user_id: int, k: int, include_seen: bool) -> None:
+    """Print the top-K movies (title and score) of one user.
+
+    \b
+    ctr recommend --user 196
+    ctr recommend --model-uri models:/xdeepfm-movielens-recommender@champion --user 196 --k 5
+    """
+    with user_errors():
+        from mlflow.exceptions import MlflowException
+
+        from experiments.serving import format_recommendations, recommend
+
+        if model_uri.startswith(("models:/", "runs:/")):
+            from experiments.train import check_tracking_server
+
+            check_tracking_server()  # fail in seconds, not after minutes of retries
+        try:
+            table = recommend(model_uri, user_id, k, exclude_seen=not include_seen)
+        except MlflowException as exc:
+            raise click.ClickException(f"cannot recommend from {model_uri}: {exc.message}") from exc
+    click.echo(format_recommendations(table, user_id, model_uri))
 
 
 if __name__ == "__main__":

@@ -518,3 +518,14 @@ def recommend(model_uri: str, user_id: int, k: int = 10, exclude_seen: bool = Tr
         {"user_id": [int(user_id)], "k": [int(k)], "exclude_seen": [exclude_seen]}
     )
     return model.predict(request)
+
+
+def format_recommendations(table: pd.DataFrame, user_id: int, model_uri: str) -> str:
+    """A top-K frame as text for a terminal: rank, score, movie id and title."""
+    if table.empty:
+        return f"no movies left to recommend to user {user_id} ({model_uri})"
+    lines = [f"top {len(table)} movies for user {user_id} ({model_uri}):"]
+    lines.append(f"{'rank':>4}  {'score':>6}  {'movie':>5}  title")
+    for row in table.itertuples(index=False):
+        lines.append(f"{row.rank:>4}  {row.score:6.4f}  {row.movie_id:>5}  {row.title}")
+    return "\n".join(lines)
