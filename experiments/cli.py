@@ -291,5 +291,93 @@ def recommend(model_uri: str, user_id: int, k: int, include_seen: bool) -> None:
     click.echo(format_recommendations(table, user_id, model_uri))
 
 
+# ------------------------------------------------------------------- evaluate
+@main.command()
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    required=True,
+    metavar="PATH",
+    help="A best.pt / last.pt written by the trainer.",
+)
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+def evaluate(checkpoint_path: str, split: str) -> None:
+    """Rank a split with a checkpoint's model and print its metrics as a table.
+
+    \b
+    ctr evaluate --checkpoint checkpoints/deepfm-20260101-120000/best.pt --split test
+    """
+    with user_errors():
+        from ctr.training import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(checkpoint_path, split)
+    width = max(len(k) for k in metrics)
+    click.echo(f"{'metric':<{width}}  value")
+    for key, value in metrics.items():
+        click.echo(f"{key:<{width}}  {value:.4f}")
+
+
+# -------------------------------------------------------------------- results
+@main.command()
+@click.option(
+    "--models",
+    default="all",
+    help="Comma-separated models (default: every registered model).",
+)
+@click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds.")
+@click.option("--readme", default="README.md", show_default=True, help="README to update.")
+@click.option(
+    "--output", default="results/results.json", show_default=True, help="Per-seed numbers."
+)
+@click.option(
+    "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Applied to every run."
+)
+@click.option(
+    "--track/--no-track",
+    default=True,
+    show_default=True,
+    help="Track every run in MLflow (experiment movielens-100k-results).",
+)
+def results(
+    models: str, seeds: str, readme: str, output: str, overrides: tuple[str, ...], track: bool
+) -> None:
+    """Train every model with 3 seeds and write the README results table.
+
+    \b
+    ctr results                       # all registered models, seeds 1,2,3
+    ctr results --models deepfm,fm --seeds 1
+    """
+    with user_errors():
+        from ctr.models import list_models
+        from experiments.results import (
+            format_table,
+            run_results,
+            save_results,
+            tracked_runner,
+            write_readme_table,
+        )
+
+        names = list_models() if models == "all" else models.split(",")
+        unknown = sorted(set(names) - set(list_models()))
+        if unknown:
+            raise click.BadParameter(
+                f"unknown models {unknown}; known: {', '.join(list_models())}",
+                param_hint="--models",
+            )
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        outcome = run_results(
+            names,
+            seed_list,
+            overrides=list(overrides),
+            runner=tracked_runner("movielens-100k-results") if track else None,
+            log=click.echo,
+        )
+        save_results(outcome, output)
+        table = format_table(outcome)
+        write_readme_table(table, readme)
+    click.echo(table)
+    click.echo(f"\nwrote {output} and the results table in {readme}")
+
+
 if __name__ == "__main__":
     main()

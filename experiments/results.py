@@ -1,0 +1,156 @@
+"""The README results table: every registered model, 3 seeds, mean and std.
+
+    ctr results [--models deepfm,xdeepfm] [--seeds 1,2,3] [--readme README.md]
+
+Each run trains the model's default config (configs/<model>_movielens.yaml)
+with early stopping on validation; test metrics are those of the best
+validation epoch. Popularity (training counts) is a reference row. The table
+is written between the results markers in the README, and the per-seed
+numbers to results/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+COLUMNS = [
+    ("test_hr_at_10", "HR@10", 3),
+    ("test_ndcg_at_10", "NDCG@10", 4),
+    ("test_full_ndcg_at_10", "full NDCG@10", 4),
+    ("test_auc", "AUC", 4),
+    ("best_val_ndcg_at_10", "val NDCG@10", 4),
+]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def run_results(
+    models: list[str],
+    seeds: list[int],
+    config_dir: str | Path = "configs",
+    overrides: list[str] | None = None,
+    runner: Callable[[Path, list[str], str, int], dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train each model with each seed; return per-run summaries and the popularity row."""
+    from ctr.config import load_config
+    from ctr.training import build_data, fit
+    from ctr.training.baselines import PopularityModel
+    from ctr.training.metrics import RankingEvaluator
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for model in models:
+        path = Path(config_dir) / f"{model}_movielens.yaml"
+        for seed in seeds:
+            config = load_config(path, [*(overrides or []), f"seed={seed}"])
+            t0 = time.perf_counter()
+            if runner is not None:
+                summary = runner(path, [*(overrides or []), f"seed={seed}"], model, seed)
+            else:
+                result = fit(config)
+                summary = {
+                    k: v for k, v in result.summary.items() if isinstance(v, (int, float, bool))
+                }
+            summary["seed"] = seed
+            summary["wall_seconds"] = time.perf_counter() - t0
+            runs.setdefault(model, []).append(summary)
+            log(
+                f"{model} seed {seed}: test NDCG@10 {summary.get('test_ndcg_at_10', float('nan')):.4f} "
+                f"HR@10 {summary.get('test_hr_at_10', float('nan')):.4f} "
+                f"best epoch {summary.get('best_epoch')} ({summary['wall_seconds']:.0f}s)"
+            )
+    # popularity reference on the same test candidates
+    config = load_config(Path(config_dir) / f"{models[0]}_movielens.yaml", overrides)
+    adapter, _, _, _, test_ds = build_data(config)
+    popularity = RankingEvaluator(test_ds, full_ranking=True).evaluate(
+        PopularityModel(adapter.item_popularity)
+    )
+    return {"runs": runs, "popularity": popularity, "seeds": seeds}
+
+
+def tracked_runner(experiment_name: str):
+    """A runner that trains each (model, seed) as a tracked MLflow run and reads
+    its summary back from the run (so the table and the runs agree)."""
+
+    def run(path: Path, overrides: list[str], model: str, seed: int) -> dict[str, Any]:
+        from mlflow import MlflowClient
+
+        from experiments.train import run_training
+
+        run_id = run_training(
+            path, overrides, experiment_name=experiment_name, run_name=f"{model}-seed{seed}"
+        )
+        client = MlflowClient()
+        data = client.get_run(run_id).data
+        summary: dict[str, Any] = dict(data.metrics)
+        summary["best_epoch"] = int(float(data.tags.get("best_epoch", "0")))
+        seconds = [m.value for m in client.get_metric_history(run_id, "epoch_seconds")]
+        summary["seconds_per_epoch"] = statistics.fmean(seconds) if seconds else float("nan")
+        summary["run_id"] = run_id
+        return summary
+
+    return run
+
+
+def format_table(results: dict[str, Any]) -> str:
+    header = "| model | " + " | ".join(c[1] for c in COLUMNS) + " | best epoch | s/epoch |"
+    sep = "|---" * (len(COLUMNS) + 3) + "|"
+    lines = [header, sep]
+    pop = results["popularity"]
+    cells = [f"{pop[key]:.{digits}f}" if key in pop else "-" for key, _, digits in COLUMNS]
+    lines.append("| popularity | " + " | ".join(cells) + " | - | - |")
+    for model, runs in results["runs"].items():
+        cells = []
+        for key, _, digits in COLUMNS:
+            values = [r[key] for r in runs if key in r]
+            if not values:
+                cells.append("-")
+                continue
+            mean, std = _mean_std(values)
+            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+        best_epochs = ", ".join(str(r.get("best_epoch")) for r in runs)
+        seconds = statistics.fmean(r["seconds_per_epoch"] for r in runs)
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {best_epochs} | {seconds:.1f} |")
+    n = len(results["seeds"])
+    lines.append("")
+    lines.append(
+        f"Mean ± std over {n} seeds ({', '.join(map(str, results['seeds']))}); test metrics "
+        "at the best validation epoch; 1 + 999 sampled candidates per user, full NDCG@10 "
+        "ranks against every unseen item. s/epoch is training time only (evaluation excluded)."
+    )
+    return "\n".join(lines)
+
+
+def write_readme_table(table: str, readme: str | Path) -> None:
+    readme = Path(readme)
+    text = readme.read_text()
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text:
+        before = text.split(START)[0]
+        after = text.split(END, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
+    tmp = readme.with_suffix(readme.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(readme)
+
+
+def save_results(results: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    tmp.replace(path)
