@@ -4,10 +4,10 @@ For each model at batch 1024 (2 threads): parameters, milliseconds per
 forward + backward + Adam step (median over repeats after warm-up) and training
 samples per second. Beside them, a bare DeepFM written inline with no
 abstraction (an nn.Embedding per field, the FM formula, an nn.Sequential MLP)
-as the reference the library DeepFM is compared with. Models are measured in
-alternating rounds so that machine noise hits them alike.
+as the reference the library DeepFM is compared with; the two alternate step
+by step so that machine noise hits both alike. Random data: speed only.
 
-    .venv/bin/python benchmarks/models.py [--rounds 7] [--steps 20] [--target-ms 300]
+    .venv/bin/python benchmarks/models.py [--rounds 5] [--budget-s 30] [--threads 2]
 """
 
 from __future__ import annotations
@@ -95,13 +95,15 @@ class BareDeepFM(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="alternating measurement rounds")
-    parser.add_argument("--steps", type=int, default=20, help="most steps per measurement")
-    parser.add_argument("--target-ms", type=float, default=300.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="measurement rounds")
+    parser.add_argument("--steps", type=int, default=20, help="most steps per model and round")
+    parser.add_argument("--target-ms", type=float, default=250.0, help="work per model and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
+    parser.add_argument("--budget-s", type=float, default=30.0, help="no new round after this")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = ExperimentConfig()
     schema = movielens_schema()
@@ -115,48 +117,57 @@ def main() -> None:
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1.0e-3) for n, m in models.items()}
     criterion = nn.BCEWithLogitsLoss()
 
-    def run(name: str, steps: int) -> float:
+    def step(name: str, i: int) -> float:
+        """One training step of model `name` on batch i; returns its milliseconds."""
         model, optimizer = models[name], optimizers[name]
-        model.train()
+        batch, labels = batches[i % len(batches)]
         start = time.perf_counter()
-        for i in range(steps):
-            batch, labels = batches[i % len(batches)]
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(batch).squeeze(-1), labels)
-            loss.backward()
-            optimizer.step()
-        return (time.perf_counter() - start) / steps * 1000.0
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(batch).squeeze(-1), labels)
+        loss.backward()
+        optimizer.step()
+        return (time.perf_counter() - start) * 1000.0
 
-    # Warm-up, then size each model's measurement to about --target-ms of work.
+    for model in models.values():
+        model.train()
+    # Warm-up, then size each model's share of a round to about --target-ms of work.
     steps = {}
     for name in models:
-        run(name, 2)
-        estimate = run(name, args.warmup)
+        estimate = statistics.median(step(name, i) for i in range(args.warmup))
         steps[name] = max(2, min(args.steps, round(args.target_ms / estimate)))
-    steps["deepfm"] = steps["bare_deepfm"] = max(steps["deepfm"], steps["bare_deepfm"])
-    # DeepFM and its bare reference run back to back, first one then the other, each round.
     pair = ["deepfm", "bare_deepfm"]
+    steps["deepfm"] = steps["bare_deepfm"] = max(6, steps["deepfm"], steps["bare_deepfm"])
     others = [n for n in models if n not in pair]
+    # Every round: DeepFM and the bare reference alternate step by step (so machine
+    # noise hits both alike), then every other model takes its steps.
     times: dict[str, list[float]] = {n: [] for n in models}
-    for r in range(args.rounds):
-        for name in (pair if r % 2 == 0 else pair[::-1]) + others:
-            times[name].append(run(name, steps[name]))
+    deadline = time.perf_counter() + args.budget_s
+    rounds = 0
+    while rounds < args.rounds and (rounds < 2 or time.perf_counter() < deadline):
+        rounds += 1  # past the budget (a loaded machine) no new round starts
+        for i in range(steps["deepfm"]):
+            for name in pair if i % 2 == 0 else pair[::-1]:
+                times[name].append(step(name, i))
+        for name in others:
+            times[name] += [step(name, i) for i in range(steps[name])]
 
     print(
-        f"batch {BATCH_SIZE}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"median of {args.rounds} rounds (fwd + bwd + Adam step)"
+        f"batch {BATCH_SIZE}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"one step = forward + backward + Adam; median (and min) over the measured steps "
+        f"after warm-up ({rounds} rounds)"
     )
-    print(f"{'model':<18}{'params':>10}{'ms/batch':>11}{'samples/s':>12}{'steps/round':>13}")
+    print(f"{'model':<18}{'params':>10}{'ms/step':>10}{'(min)':>8}{'samples/s':>12}{'steps':>7}")
     for name in pair + others:
         ms = statistics.median(times[name])
         params = sum(p.numel() for p in models[name].parameters())
         print(
-            f"{name:<18}{params:>10,}{ms:>11.2f}{BATCH_SIZE / ms * 1000:>12,.0f}{steps[name]:>13}"
+            f"{name:<18}{params:>10,}{ms:>10.2f}{min(times[name]):>8.2f}"
+            f"{BATCH_SIZE / ms * 1000:>12,.0f}{len(times[name]):>7}"
         )
-    ratios = [a / b for a, b in zip(times["deepfm"], times["bare_deepfm"], strict=True)]
+    lib, bare = times["deepfm"], times["bare_deepfm"]
     print(
-        f"library deepfm / bare deepfm: {statistics.median(ratios):.3f} "
-        f"(median of per-round ratios; range {min(ratios):.3f}-{max(ratios):.3f})"
+        f"library deepfm / bare deepfm: {statistics.median(lib) / statistics.median(bare):.3f} "
+        f"(medians), {min(lib) / min(bare):.3f} (minima)"
     )
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,6 +234,28 @@ def test_pickle_and_state_dict_round_trip(name):
     assert torch.equal(fresh.eval()(batch), expected)
 
 
+def test_chunked_inference_equals_whole_batch(name):
+    schema = make_schema()
+    model = create_model(name, schema, make_config("dnn.use_batch_norm=true")).eval()
+    batch = dict(make_batch(schema), label=torch.ones(B))  # extra keys are ignored
+    whole = model(batch).detach()  # grad enabled: never chunked
+    model.inference_chunk_rows = 3
+    assert model._inference_chunk(batch) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), whole)
+        torch.testing.assert_close(model.predict(batch), torch.sigmoid(whole))
+    # In training mode batch norm uses batch statistics: such a forward is never chunked.
+    model.train()
+    torch.manual_seed(0)
+    expected = model(batch).detach()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), expected)
+    with pytest.raises(ValueError, match="missing field 'age'"):
+        with torch.no_grad():
+            model.eval()({k: v for k, v in batch.items() if k != "age"})
+
+
 def test_eval_batches_and_single_rows_agree():
     """A large no-grad batch scores each row as it would alone (no cross-row leakage)."""
     schema = make_schema()
@@ -239,3 +265,28 @@ def test_eval_batches_and_single_rows_agree():
     for i in (0, 3, B - 1):
         row = {k: v[i : i + 1] for k, v in batch.items()}
         torch.testing.assert_close(model.predict(row), full[i : i + 1])
+
+
+def test_pickled_model_loads_in_a_fresh_process(tmp_path):
+    """As mlflow.pytorch does with serialization_format="pickle": only `ctr` on the path."""
+    schema = make_schema()
+    model = create_model("xdeepfm", schema, make_config()).eval()
+    batch = make_batch(schema)
+    torch.save({"model": model, "batch": batch}, tmp_path / "model.pt")
+    torch.save(model(batch).detach(), tmp_path / "expected.pt")
+    code = (
+        "import torch\n"
+        f"d = torch.load({str(tmp_path / 'model.pt')!r}, weights_only=False)\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "m = d['model']\n"
+        "assert type(m).__module__ == 'ctr.models.xdeepfm', type(m)\n"
+        "assert torch.equal(m(d['batch']), expected)\n"
+        "print('ok', m.model_name)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok xdeepfm"

@@ -22,6 +22,8 @@ class AttentionDeepFM(BaseCTRModel):
     DNN (config.dnn). Returns the logit.
     """
 
+    inference_chunk_rows = 1024  # attention scores and DNN input are wide per row
+
     def _build_components(self) -> None:
         att, dnn_cfg = self.config.attention, self.config.dnn
         self.fm = FMInteraction()

@@ -40,7 +40,8 @@ class InteractingLayer(nn.Module):
         B, F_, _ = x.shape
         H, d = self.num_heads, self.attention_dim
         qkv = self.qkv(x).view(B, F_, 3, H, d).permute(2, 0, 3, 1, 4)  # (3, B, H, F, d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, F, d)
+        q, k, v = qkv.unbind(0)  # (B, H, F, d) each; unbind, not indexing: one backward op
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, F, d)
         out = out.transpose(1, 2).reshape(B, F_, H * d)  # (B, F, H * d)
         if self.use_residual:
             out = out + (x if self.residual is None else self.residual(x))
