@@ -413,7 +413,8 @@ def recommender_signature():
             ColSpec("long", "user_id"),
             ColSpec("long", "movie_id", required=False),  # scores mode
             ColSpec("long", "k", required=False),  # top-K mode
-            ColSpec("boolean", "exclude_seen", required=False),
+            # any: MLflow would turn "no" into True; the recommender checks for true/false
+            ColSpec(AnyType(), "exclude_seen", required=False),
             ColSpec("string", "gender", required=False),
             ColSpec("double", "age", required=False),  # years; double lets rows leave it null
             ColSpec("string", "occupation", required=False),
