@@ -197,8 +197,11 @@ class FeatureEmbedding(nn.Module):
             + [b.weight for b in self.sequence_tables]
         )
 
-    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        # Shapes and dtypes only: this runs every batch, so no scans of the values.
+    def validate_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Raise ValueError naming the field if a schema field is missing or malformed.
+
+        Shapes and dtypes only: this runs on every batch, so the values are not scanned.
+        """
         batch_size, first_name = None, ""
         for name, kind, max_length, want in self._expected:
             t = batch.get(name)
@@ -233,7 +236,7 @@ class FeatureEmbedding(nn.Module):
                 )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddingOutput:
-        self._check_batch(batch)
+        self.validate_batch(batch)
         groups: list[torch.Tensor] = []  # (B, k, d + 1) each, in concat order
 
         if self._sparse_names:
