@@ -36,7 +36,7 @@ format: install
 	$(VENV)/bin/ruff format ctr experiments tests benchmarks
 
 results: install
-	$(VENV)/bin/ctr results
+	$(VENV)/bin/ctr results --jobs 2
 
 bench: install
 	$(PY) benchmarks/data_pipeline.py

@@ -338,8 +338,21 @@ def evaluate(checkpoint_path: str, split: str) -> None:
     show_default=True,
     help="Track every run in MLflow (experiment movielens-100k-results).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained in parallel processes (one torch thread each).",
+)
 def results(
-    models: str, seeds: str, readme: str, output: str, overrides: tuple[str, ...], track: bool
+    models: str,
+    seeds: str,
+    readme: str,
+    output: str,
+    overrides: tuple[str, ...],
+    track: bool,
+    jobs: int,
 ) -> None:
     """Train every model with 3 seeds and write the README results table.
 
@@ -353,7 +366,6 @@ def results(
             format_table,
             run_results,
             save_results,
-            tracked_runner,
             write_readme_table,
         )
 
@@ -369,7 +381,8 @@ def results(
             names,
             seed_list,
             overrides=list(overrides),
-            runner=tracked_runner("movielens-100k-results") if track else None,
+            track="movielens-100k-results" if track else None,
+            jobs=jobs,
             log=click.echo,
         )
         save_results(outcome, output)

@@ -36,41 +36,81 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def _run_one(
+    path: Path, overrides: list[str], model: str, seed: int, track: str | None, threads: int | None
+) -> dict[str, Any]:
+    """Train one (model, seed); in a worker process when jobs > 1."""
+    from ctr.config import load_config
+    from ctr.training import fit
+
+    if threads is not None:
+        overrides = [*overrides, f"training.num_threads={threads}"]
+    t0 = time.perf_counter()
+    if track:
+        summary = tracked_runner(track)(path, overrides, model, seed)
+    else:
+        result = fit(load_config(path, overrides))
+        summary = {k: v for k, v in result.summary.items() if isinstance(v, (int, float, bool))}
+    summary["seed"] = seed
+    summary["wall_seconds"] = time.perf_counter() - t0
+    return summary
+
+
 def run_results(
     models: list[str],
     seeds: list[int],
     config_dir: str | Path = "configs",
     overrides: list[str] | None = None,
-    runner: Callable[[Path, list[str], str, int], dict[str, Any]] | None = None,
+    track: str | None = None,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train each model with each seed; return per-run summaries and the popularity row."""
+    """Train each model with each seed; return per-run summaries and the popularity row.
+
+    track: an MLflow experiment name to track every run in, or None.
+    jobs: runs trained in parallel processes (each with one torch thread when > 1).
+    """
     from ctr.config import load_config
-    from ctr.training import build_data, fit
+    from ctr.training import build_data
     from ctr.training.baselines import PopularityModel
     from ctr.training.metrics import RankingEvaluator
+    from ctr.training.trainer import resolve_data_dir
 
-    runs: dict[str, list[dict[str, Any]]] = {}
+    config_dir = resolve_data_dir(config_dir)  # relative: cwd, then the project root
+    tasks = []
     for model in models:
         path = Path(config_dir) / f"{model}_movielens.yaml"
         for seed in seeds:
-            config = load_config(path, [*(overrides or []), f"seed={seed}"])
-            t0 = time.perf_counter()
-            if runner is not None:
-                summary = runner(path, [*(overrides or []), f"seed={seed}"], model, seed)
-            else:
-                result = fit(config)
-                summary = {
-                    k: v for k, v in result.summary.items() if isinstance(v, (int, float, bool))
-                }
-            summary["seed"] = seed
-            summary["wall_seconds"] = time.perf_counter() - t0
-            runs.setdefault(model, []).append(summary)
-            log(
-                f"{model} seed {seed}: test NDCG@10 {summary.get('test_ndcg_at_10', float('nan')):.4f} "
-                f"HR@10 {summary.get('test_hr_at_10', float('nan')):.4f} "
-                f"best epoch {summary.get('best_epoch')} ({summary['wall_seconds']:.0f}s)"
-            )
+            load_config(path, [*(overrides or []), f"seed={seed}"])  # fail fast on a bad config
+            tasks.append((path, [*(overrides or []), f"seed={seed}"], model, seed))
+
+    def report(model: str, summary: dict[str, Any]) -> None:
+        log(
+            f"{model} seed {summary['seed']}: "
+            f"test NDCG@10 {summary.get('test_ndcg_at_10', float('nan')):.4f} "
+            f"HR@10 {summary.get('test_hr_at_10', float('nan')):.4f} "
+            f"best epoch {summary.get('best_epoch')} ({summary['wall_seconds']:.0f}s)"
+        )
+
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs <= 1:
+        for path, ovr, model, seed in tasks:
+            done[(model, seed)] = _run_one(path, ovr, model, seed, track, None)
+            report(model, done[(model, seed)])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_one, path, ovr, model, seed, track, 1): (model, seed)
+                for path, ovr, model, seed in tasks
+            }
+            for future in as_completed(futures):
+                model, seed = futures[future]
+                done[(model, seed)] = future.result()
+                report(model, done[(model, seed)])
+    runs = {m: [done[(m, s)] for s in seeds] for m in models}
     # popularity reference on the same test candidates
     config = load_config(Path(config_dir) / f"{models[0]}_movielens.yaml", overrides)
     adapter, _, _, _, test_ds = build_data(config)

@@ -1,0 +1,105 @@
+"""`ctr results` and `ctr evaluate`: the README table and checkpoint evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from experiments.cli import main
+from experiments.results import END, START, format_table, write_readme_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST = [
+    "training.num_epochs=1",
+    "training.full_ranking=false",
+    "training.batch_size=4096",
+    "features.embedding_dim=8",
+    "fm.embed_dim=8",
+]
+
+
+def _fake_results():
+    run = {
+        "test_hr_at_10": 0.1,
+        "test_ndcg_at_10": 0.05,
+        "test_full_ndcg_at_10": 0.03,
+        "test_auc": 0.9,
+        "best_val_ndcg_at_10": 0.06,
+        "best_epoch": 3,
+        "seconds_per_epoch": 2.0,
+    }
+    return {
+        "runs": {"fm": [run, {**run, "test_ndcg_at_10": 0.07}]},
+        "popularity": {"test_hr_at_10": 0.067, "test_ndcg_at_10": 0.033, "test_auc": 0.75},
+        "seeds": [1, 2],
+    }
+
+
+def test_table_has_mean_and_std_per_model_and_a_popularity_row():
+    table = format_table(_fake_results())
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | HR@10 | NDCG@10")
+    pop = next(line for line in lines if line.startswith("| popularity"))
+    assert "0.067" in pop and "0.0330" in pop
+    fm = next(line for line in lines if line.startswith("| fm"))
+    assert "0.0600 ± 0.0141" in fm  # mean and sample std of 0.05 and 0.07
+    assert "Mean ± std over 2 seeds" in table
+
+
+def test_readme_table_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n{START}\nold table\n{END}\n\nafter\n")
+    write_readme_table("new table", readme)
+    text = readme.read_text()
+    assert "old table" not in text and "new table" in text
+    assert text.startswith("# x\n\nintro") and text.rstrip().endswith("after")
+    write_readme_table("newer table", readme)
+    assert readme.read_text().count(START) == 1
+
+
+def test_results_rejects_an_unknown_model(tmp_path):
+    out = CliRunner().invoke(main, ["results", "--models", "nope", "--readme", str(tmp_path)])
+    assert out.exit_code != 0
+    assert "unknown models ['nope']" in out.output and "deepfm" in out.output
+
+
+@pytest.mark.slow
+def test_results_trains_each_seed_in_parallel_and_writes_the_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
+    args = ["results", "--models", "lr", "--seeds", "1,2", "--jobs", "2", "--no-track"]
+    args += ["--readme", str(readme), "--output", str(tmp_path / "results.json")]
+    for override in FAST:
+        args += ["--override", override]
+    out = CliRunner().invoke(main, [*args], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["seed"] for r in saved["runs"]["lr"]] == [1, 2]
+    assert saved["runs"]["lr"][0]["test_ndcg_at_10"] != saved["runs"]["lr"][1]["test_ndcg_at_10"]
+    text = readme.read_text()
+    assert "| lr |" in text and "| popularity |" in text
+
+
+@pytest.mark.slow
+def test_evaluate_prints_the_checkpoint_metrics(tmp_path):
+    from ctr.config import load_config
+    from ctr.training import fit
+
+    config = load_config(ROOT / "configs/fm_movielens.yaml", FAST)
+    result = fit(config, checkpoint_dir=tmp_path / "ckpt")
+    out = CliRunner().invoke(
+        main, ["evaluate", "--checkpoint", str(tmp_path / "ckpt" / "best.pt"), "--split", "test"]
+    )
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("test_ndcg_at_10 "))
+    assert float(line.split()[-1]) == pytest.approx(result.summary["test_ndcg_at_10"], abs=1e-4)
+    assert "test_full_ndcg_at_10" in out.output
+
+    missing = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 1
+    assert "checkpoint not found" in missing.output
