@@ -7,7 +7,7 @@ abstraction (an nn.Embedding per field, the FM formula, an nn.Sequential MLP)
 as the reference the library DeepFM is compared with; the two alternate step
 by step so that machine noise hits both alike. Random data: speed only.
 
-    .venv/bin/python benchmarks/models.py [--rounds 5] [--budget-s 30] [--threads 2]
+    .venv/bin/python benchmarks/models.py [--rounds 5] [--budget-s 25] [--threads 2]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="most steps per model and round")
     parser.add_argument("--target-ms", type=float, default=250.0, help="work per model and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
-    parser.add_argument("--budget-s", type=float, default=30.0, help="no new round after this")
+    parser.add_argument("--budget-s", type=float, default=25.0, help="no new round after this")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
 
