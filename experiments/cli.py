@@ -339,6 +339,13 @@ def evaluate(checkpoint_path: str, split: str) -> None:
     help="Track every run in MLflow (experiment movielens-100k-results).",
 )
 @click.option(
+    "--from-json",
+    "from_json",
+    default=None,
+    metavar="PATH",
+    help="Re-render the table from a results JSON written earlier, without training.",
+)
+@click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=1,
@@ -353,6 +360,7 @@ def results(
     overrides: tuple[str, ...],
     track: bool,
     jobs: int,
+    from_json: str | None,
 ) -> None:
     """Train every model with 3 seeds and write the README results table.
 
@@ -369,6 +377,14 @@ def results(
             write_readme_table,
         )
 
+        if from_json:
+            import json
+            from pathlib import Path
+
+            table = format_table(json.loads(Path(from_json).read_text()))
+            write_readme_table(table, readme)
+            click.echo(table)
+            return
         names = list_models() if models == "all" else models.split(",")
         unknown = sorted(set(names) - set(list_models()))
         if unknown:

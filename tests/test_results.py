@@ -103,3 +103,13 @@ def test_evaluate_prints_the_checkpoint_metrics(tmp_path):
     missing = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1
     assert "checkpoint not found" in missing.output
+
+
+def test_results_from_json_rerenders_the_table_without_training(tmp_path):
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps(_fake_results()))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
+    out = CliRunner().invoke(main, ["results", "--from-json", str(saved), "--readme", str(readme)])
+    assert out.exit_code == 0, out.output
+    assert "| fm | 0.100 ± 0.000 | 0.0600 ± 0.0141" in readme.read_text()
