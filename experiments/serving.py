@@ -183,6 +183,7 @@ class Recommender:
             field: torch.from_numpy(values) for field, values in pre.user_table_features().items()
         }
         self.user_fields = tuple(self.user_features)
+        self.train_items = train_items[["user_id", "movie_id"]].reset_index(drop=True)
         user_rows = pre.user_rows(train_items["user_id"].to_numpy())
         item_rows = pre.item_rows(train_items["movie_id"].to_numpy())
         known = (user_rows >= 0) & (item_rows >= 0)
@@ -327,7 +328,7 @@ class Recommender:
         return torch.cat(parts).numpy()
 
     # ----------------------------------------------------------- (de)serialise
-    def save(self, directory: str | Path, train_items: pd.DataFrame) -> dict[str, str]:
+    def save(self, directory: str | Path) -> dict[str, str]:
         """Write the artifacts (model weights + config + schema, preprocessor, training
         items) into `directory`; return {artifact name: path} for log_model."""
         directory = Path(directory)
@@ -345,8 +346,8 @@ class Recommender:
         Path(paths[PREPROCESSOR_ARTIFACT]).write_text(json.dumps(self.preprocessor.to_dict()))
         np.savez_compressed(
             paths[TRAIN_ITEMS_ARTIFACT],
-            user_id=train_items["user_id"].to_numpy(np.int64),
-            movie_id=train_items["movie_id"].to_numpy(np.int64),
+            user_id=self.train_items["user_id"].to_numpy(np.int64),
+            movie_id=self.train_items["movie_id"].to_numpy(np.int64),
         )
         return paths
 
@@ -446,12 +447,12 @@ def code_paths() -> list[str]:
     return [str(ctr_package_dir()), str(Path(__file__).resolve().parent)]
 
 
-def _log_kwargs(recommender: Recommender, train_items: pd.DataFrame, tmp: str) -> dict[str, Any]:
+def _log_kwargs(recommender: Recommender, tmp: str) -> dict[str, Any]:
     from experiments.tracking import pip_requirements
 
     return {
         "python_model": RecommenderModel(),
-        "artifacts": recommender.save(tmp, train_items),
+        "artifacts": recommender.save(tmp),
         "code_paths": code_paths(),
         "signature": recommender_signature(),
         "input_example": input_example(),
@@ -488,7 +489,7 @@ def save_recommender(
     """Save a recommender as an MLflow model directory (no tracking server needed)."""
     recommender = Recommender(model, preprocessor, train_items)
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pyfunc.save_model(str(path), **_log_kwargs(recommender, train_items, tmp))
+        mlflow.pyfunc.save_model(str(path), **_log_kwargs(recommender, tmp))
     return str(path)
 
 
@@ -506,9 +507,7 @@ def log_recommender(run_id: str, result: TrainResult) -> str:
     train_items = training_interactions(result.config)
     recommender = Recommender(result.model, result.preprocessor, train_items)
     with tempfile.TemporaryDirectory() as tmp:
-        info = mlflow.pyfunc.log_model(
-            name=RECOMMENDER_NAME, **_log_kwargs(recommender, train_items, tmp)
-        )
+        info = mlflow.pyfunc.log_model(name=RECOMMENDER_NAME, **_log_kwargs(recommender, tmp))
     return info.model_uri
 
 

@@ -192,7 +192,7 @@ def test_bad_requests_raise_an_error_naming_the_column(tiny, frame, names):
 def test_saved_artifacts_load_back_to_the_same_answers(tiny, tmp_path):
     from experiments.serving import Recommender
 
-    paths = tiny.rec.save(tmp_path, tiny.train)
+    paths = tiny.rec.save(tmp_path)
     loaded = Recommender.load(paths)
     rows = pd.DataFrame({"user_id": [196, 1, UNKNOWN_USER], "movie_id": [242, 50, 1]})
     pd.testing.assert_frame_equal(loaded.predict(rows), tiny.rec.predict(rows))
@@ -330,6 +330,40 @@ def test_logged_recommender_rejects_bad_input_with_a_400_error(logged):
         with pytest.raises(MlflowException, match=column) as info:
             logged.recommender.predict(frame)
         assert info.value.get_http_status_code() == 400
+
+
+@pytest.mark.slow
+def test_promote_moves_the_recommender_alias_with_the_model(trained_experiment: TrainedExperiment):
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from experiments.cli import main
+
+    exp = trained_experiment
+    client = MlflowClient(exp.uri)
+    name, serving = "ctr-serving-movielens", "ctr-serving-movielens-recommender"
+    lr, fm = exp.runs["lr"], exp.runs["fm"]
+
+    def promote(run_id: str, *extra: str):
+        args = ["promote", "--experiment", exp.name, "--model-name", name]
+        args += ["--filter", f"attributes.run_id = '{run_id}'", *extra]
+        with tracking_env(exp.uri):
+            result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def holders(model: str) -> dict[str, str]:
+        aliases = client.get_registered_model(model).aliases
+        return {a: client.get_model_version(model, v).run_id for a, v in aliases.items()}
+
+    out = promote(lr)
+    assert f"{serving} version 1 is @champion" in out
+    assert f"models:/{serving}@champion" in out  # the serve command
+    promote(fm, "--force")
+    assert holders(name) == holders(serving) == {"champion": fm, "previous": lr}
+    assert "nothing to do" in promote(fm)
+    versions = client.search_model_versions(f"name = '{serving}'")
+    assert sorted(v.run_id for v in versions) == sorted([lr, fm])
 
 
 # --------------------------------------------------- slow: a real model server
