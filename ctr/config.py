@@ -83,8 +83,11 @@ class TrainingConfig(_Section):
     # epochs without improvement before stopping; 0 disables early stopping. Validation
     # NDCG@10 over 943 users is noisy, so a short patience stops too early.
     early_stopping_patience: int = Field(10, ge=0)
-    # also rank val against the whole catalogue each epoch (test always is, once)
+    # also rank val against the whole catalogue each epoch
     full_ranking: bool = True
+    # rank the test split against the whole catalogue at the end (off only to save
+    # time where test_full_* are not needed, e.g. quick test runs)
+    test_full_ranking: bool = True
     checkpoint_dir: str = "checkpoints"
     resume_from: str | None = None  # path of a checkpoint to continue from
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

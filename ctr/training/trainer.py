@@ -153,8 +153,8 @@ class Trainer:
             device=self.device,
         )
         self.val_evaluator = RankingEvaluator(val_ds, **eval_kwargs) if val_ds else None
-        # the test split is scored once, for the best epoch: always with full ranking
-        eval_kwargs["full_ranking"] = True
+        # the test split is scored once, for the best epoch, with full ranking
+        eval_kwargs["full_ranking"] = self.cfg.test_full_ranking
         self.test_evaluator = RankingEvaluator(test_ds, **eval_kwargs) if test_ds else None
         self.monitor = self.cfg.monitor
         self.sign = 1.0 if self.cfg.monitor_mode == "max" else -1.0
