@@ -213,8 +213,10 @@ def compare_runs(
     else:
         if top is not None:
             runs = runs[:top]
-        shown = differing_params(runs) if diff_only else [k for k in KEY_PARAMS]
+        shown = differing_params(runs) if diff_only else list(KEY_PARAMS)
         shown = [k for k in shown if k != "model"]
+        # a sort metric outside the standard columns (e.g. train_loss) gets its own
+        extra_metric = metric not in _metric_columns(metric_names)
         rows = []
         for run in runs:
             row: dict[str, Any] = {
@@ -224,9 +226,7 @@ def compare_runs(
             }
             row.update({k: run.data.params.get(k) for k in shown})
             row["best_epoch"] = _int_or_none(run.data.tags.get("best_epoch"))
-            if metric_value(run, metric) is not None and metric not in _metric_columns(
-                metric_names
-            ):
+            if extra_metric:
                 row[metric] = metric_value(run, metric)
             row.update(_run_metrics(run, metric_names))
             rows.append(row)

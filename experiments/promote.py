@@ -118,6 +118,23 @@ def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         raise
 
 
+def _set_alias(client: MlflowClient, name: str, alias: str, version: str, tries: int = 5) -> None:
+    """Point `alias` at `version`. A racing promote setting the same alias at the
+    same moment makes the registry's insert fail once; setting it again updates."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 def _versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelVersion]:
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return sorted(versions, key=lambda v: int(v.version))
@@ -174,8 +191,8 @@ def _promote_recommender(client: MlflowClient, name: str, run: Run, alias: str) 
     holder = _alias_holder(client, serving_name, alias)
     if holder is None or holder.version != version.version:
         if holder is not None:
-            client.set_registered_model_alias(serving_name, PREVIOUS_ALIAS, holder.version)
-        client.set_registered_model_alias(serving_name, alias, version.version)
+            _set_alias(client, serving_name, PREVIOUS_ALIAS, holder.version)
+        _set_alias(client, serving_name, alias, version.version)
     return version.version
 
 
@@ -241,7 +258,7 @@ def promote_best_run(
 
     if holder is not None and holder.run_id == best.info.run_id:
         # the serving model may be missing (promoted before it existed): make sure of it
-        serving_version = _promote_recommender(client, name, best, alias)
+        serving_version = None if dry_run else _promote_recommender(client, name, best, alias)
         done = result(
             holder.version,
             False,
@@ -266,7 +283,8 @@ def promote_best_run(
         existing = _versions_of_run(client, name, best.info.run_id)
         version = existing[0].version if existing else None
         what = f"version {version}" if version else "a new version"
-        was = f" (now version {holder.version}, {metric}={holder_value})" if holder else ""
+        held = "n/a" if holder_value is None else f"{holder_value:.4f}"
+        was = f" (now version {holder.version}, {metric}={held})" if holder else ""
         return result(
             version,
             False,
@@ -277,8 +295,8 @@ def promote_best_run(
 
     version, created = _version_for_run(client, name, best)
     if holder is not None and holder.version != version.version:
-        client.set_registered_model_alias(name, PREVIOUS_ALIAS, holder.version)
-    client.set_registered_model_alias(name, alias, version.version)
+        _set_alias(client, name, PREVIOUS_ALIAS, holder.version)
+    _set_alias(client, name, alias, version.version)
     serving_version = _promote_recommender(client, name, best, alias)
     was = (
         f"; version {holder.version} ({metric}={holder_value:.4f}) is now @{PREVIOUS_ALIAS}"

@@ -388,6 +388,28 @@ def test_config_error_creates_no_run(tracking_uri, tmp_path, monkeypatch):
     assert MlflowClient(tracking_uri).get_experiment_by_name("ctr-tests-bad-config") is None
 
 
+def test_config_error_closes_the_run_mlflow_run_created(tracking_uri, monkeypatch):
+    """Started by `mlflow run` (MLFLOW_RUN_ID set), a bad config marks that run FAILED."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from experiments.cli import main
+
+    client = MlflowClient(tracking_uri)
+    exp_id = client.create_experiment("ctr-tests-project-bad-config")
+    run_id = client.create_run(exp_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(
+        main, ["train", "--model", "fm", "--config", "configs/deepfm_movielens.yaml"]
+    )
+    assert result.exit_code == 1 and "model_name 'deepfm'" in result.output
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert "ConfigError" in run.data.tags["error"]
+    assert not run.data.metrics
+
+
 @pytest.mark.slow
 def test_mlflow_run_against_the_embedded_default(tmp_path):
     """No MLFLOW_TRACKING_URI: the run lands in ./mlflow.db of where `mlflow run` was started."""
@@ -539,6 +561,7 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
                 assert (tmp_path / "curves.png").stat().st_size > 1000
             if "--format csv" in command:
                 assert result.stdout.startswith("run_id,run_name,model")
+            assert "compare in the MLflow UI" not in result.output  # no server, no link
     assert result.output.strip().splitlines()[-1] == "models:/deepfm-movielens@champion"
 
     # 5. the loading snippet, verbatim, in a fresh process
