@@ -43,7 +43,7 @@ def bare_train_epoch(model, rows, batch_size, optimizer, generator) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def build_full_rows(split) -> dict[str, torch.Tensor]:
