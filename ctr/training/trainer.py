@@ -17,6 +17,8 @@ resumed from a checkpoint continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -144,8 +146,11 @@ class Trainer:
         self.optimizer = _build_optimizer(self.model, self.cfg)
         self.scheduler = _build_scheduler(self.optimizer, self.cfg)
         if checkpoint_dir is None:
+            # pid + random suffix: runs started in the same second (e.g. parallel
+            # seeds) must never share, and overwrite, each other's best.pt
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            checkpoint_dir = Path(self.cfg.checkpoint_dir) / f"{config.model_name}-{stamp}"
+            unique = f"{os.getpid()}-{secrets.token_hex(3)}"
+            checkpoint_dir = Path(self.cfg.checkpoint_dir) / f"{config.model_name}-{stamp}-{unique}"
         self.checkpoint_dir = Path(checkpoint_dir)
         eval_kwargs = dict(
             batch_size=self.cfg.eval_batch_size,
