@@ -36,7 +36,7 @@ format: install
 	$(VENV)/bin/ruff format ctr experiments tests benchmarks
 
 results: install
-	$(VENV)/bin/ctr results --jobs 2 --models deepfm,attention_deepfm,xdeepfm,fm,lr --override training.full_ranking=false
+	$(VENV)/bin/ctr results --jobs 2 --no-track --models attention_deepfm,xdeepfm,deepfm,fm,lr --override training.full_ranking=false
 
 bench: install
 	$(PY) benchmarks/data_pipeline.py
