@@ -113,3 +113,37 @@ def test_results_from_json_rerenders_the_table_without_training(tmp_path):
     out = CliRunner().invoke(main, ["results", "--from-json", str(saved), "--readme", str(readme)])
     assert out.exit_code == 0, out.output
     assert "| fm | 0.100 ± 0.000 | 0.0600 ± 0.0141" in readme.read_text()
+
+
+@pytest.mark.slow
+def test_tracked_results_log_every_seed_as_a_finished_run(tmp_path, monkeypatch, tracking_uri):
+    """`ctr results --track` (the default) on the session server, two worker processes."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
+    args = ["results", "--models", "lr", "--seeds", "1,2", "--jobs", "2", "--track"]
+    args += ["--readme", str(readme), "--output", str(tmp_path / "results.json")]
+    for override in FAST:
+        args += ["--override", override]
+    out = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("movielens-100k-results")
+    assert experiment is not None
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.info.run_name in ("lr-seed1", "lr-seed2")
+    }
+    assert set(runs) == {"lr-seed1", "lr-seed2"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for summary in saved["runs"]["lr"]:
+        run = runs[f"lr-seed{summary['seed']}"]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["seed"] == str(summary["seed"])
+        # the table is read back from the tracked run, so the two agree exactly
+        assert run.data.metrics["test_ndcg_at_10"] == summary["test_ndcg_at_10"]
+    assert "| lr |" in readme.read_text()
