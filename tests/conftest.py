@@ -63,36 +63,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_until_answers(
+    url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0
+) -> float:
+    """Poll `url` until it answers 200 (seconds waited); fail with the process's log
+    if it exits first or does not answer within `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"mlflow server exited with code {proc.returncode} before answering; "
+                f"server exited with code {proc.returncode} before answering {url}; "
                 f"log:\n{log.read_text()[-3000:]}"
             )
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return time.monotonic() - t0
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(
-        f"mlflow server at {url} not healthy after {timeout:.0f}s; log:\n{log.read_text()[-3000:]}"
-    )
+    raise RuntimeError(f"no answer on {url} after {timeout:.0f}s; log:\n{log.read_text()[-3000:]}")
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the process by PID, then SIGKILL it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+def stop_process(proc: subprocess.Popen, grace: float = 15.0, group: bool = False) -> None:
+    """SIGTERM the process (group=True: its whole process group, for a server started
+    with start_new_session=True), then SIGKILL it if it does not exit in time."""
+
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            proc.wait(timeout=10)
+    if group:  # children share the group (mlflow models serve's uvicorn): make sure they are gone
+        send(signal.SIGKILL)
 
 
 @dataclass
@@ -128,7 +139,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     with open(log, "wb") as log_fh:
         proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
-        _wait_healthy(uri, proc, log)
+        wait_until_answers(f"{uri}/health", proc, log)
         yield MlflowServer(uri=uri, root=root, pid=proc.pid)
     finally:
         stop_process(proc)

@@ -7,15 +7,11 @@ slow ones use the session's tracked runs and a real `mlflow models serve`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,8 +25,10 @@ from tests.conftest import (
     VENV_BIN,
     TrainedExperiment,
     free_port,
+    stop_process,
     subprocess_env,
     tracking_env,
+    wait_until_answers,
 )
 
 UNKNOWN_USER = 99_999
@@ -408,38 +406,6 @@ def curl_request(command: str, port: int) -> tuple[str, str]:
     return url.replace(":5001", f":{port}"), argv[argv.index("-d") + 1]
 
 
-def wait_for_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"model server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(
-        f"no answer on {url}/ping after {timeout:.0f}s:\n{log.read_text()[-3000:]}"
-    )
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the server's process group (mlflow + its uvicorn child), then SIGKILL."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    try:  # the uvicorn child shares the group; make sure it is gone too
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.mark.slow
 def test_registered_recommender_answers_over_http_as_the_readme_says(
     trained_experiment: TrainedExperiment, tmp_path
@@ -487,7 +453,7 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_ping(url, proc, log)
+        wait_until_answers(f"{url}/ping", proc, log, timeout=150.0)
 
         # the README's requests: scores (dataframe_split) and top-K (dataframe_records)
         url_split, body_split = curl_request(curls[0], port)
@@ -553,7 +519,7 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
         np.testing.assert_allclose(namespace["scores"]["score"], got[:2], rtol=0, atol=1e-6)
         assert namespace["top"]["title"].tolist() == top["title"].tolist()
     finally:
-        stop_group(proc)
+        stop_process(proc, grace=20.0, group=True)
     assert proc.returncode is not None
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/ping", timeout=2)
