@@ -25,6 +25,7 @@ from tests.conftest import (
     stop_process,
     subprocess_env,
     tracking_env,
+    wait_until_answers,
 )
 
 EPOCH_METRICS = [
@@ -464,8 +465,6 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
     Commands that train for many epochs are run here with the test overrides
     (same command, fewer epochs); the others run exactly as written.
     """
-    import urllib.request
-
     from click.testing import CliRunner
     from mlflow import MlflowClient
 
@@ -526,22 +525,17 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
     (server_cmd,) = [c for c in commands if c.startswith("mlflow server ")]
     port = free_port()
     argv = shlex.split(server_cmd.replace("--port 5000", f"--port {port}"))
-    server = subprocess.Popen(
-        [str(VENV_BIN / argv[0]), *argv[1:]],
-        cwd=tmp_path,
-        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "ui-server.log"
+    with open(log, "wb") as fh:
+        server = subprocess.Popen(
+            [str(VENV_BIN / argv[0]), *argv[1:]],
+            cwd=tmp_path,
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no UI server"
-                time.sleep(0.5)
+        wait_until_answers(f"http://127.0.0.1:{port}/health", server, log)
         served = MlflowClient(f"http://127.0.0.1:{port}").search_runs([exp.experiment_id])
         assert [r.info.run_id for r in served] == [run.info.run_id]
         executed.add(server_cmd)
