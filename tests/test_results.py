@@ -22,6 +22,20 @@ FAST = [
 ]
 
 
+def _run_results(tmp_path: Path, *extra: str) -> tuple[Path, dict]:
+    """`ctr results` for LR, seeds 1 and 2, two workers, FAST overrides, into tmp_path:
+    (the README it wrote, the per-seed JSON it saved)."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
+    args = ["results", "--models", "lr", "--seeds", "1,2", "--jobs", "2", *extra]
+    args += ["--readme", str(readme), "--output", str(tmp_path / "results.json")]
+    for override in FAST:
+        args += ["--override", override]
+    out = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    return readme, json.loads((tmp_path / "results.json").read_text())
+
+
 def _fake_results():
     run = {
         "test_hr_at_10": 0.1,
@@ -70,15 +84,7 @@ def test_results_rejects_an_unknown_model(tmp_path):
 @pytest.mark.slow
 def test_results_trains_each_seed_in_parallel_and_writes_the_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
-    args = ["results", "--models", "lr", "--seeds", "1,2", "--jobs", "2", "--no-track"]
-    args += ["--readme", str(readme), "--output", str(tmp_path / "results.json")]
-    for override in FAST:
-        args += ["--override", override]
-    out = CliRunner().invoke(main, [*args], catch_exceptions=False)
-    assert out.exit_code == 0, out.output
-    saved = json.loads((tmp_path / "results.json").read_text())
+    readme, saved = _run_results(tmp_path, "--no-track")
     assert [r["seed"] for r in saved["runs"]["lr"]] == [1, 2]
     assert saved["runs"]["lr"][0]["test_ndcg_at_10"] != saved["runs"]["lr"][1]["test_ndcg_at_10"]
     text = readme.read_text()
@@ -121,14 +127,7 @@ def test_tracked_results_log_every_seed_as_a_finished_run(tmp_path, monkeypatch,
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
-    args = ["results", "--models", "lr", "--seeds", "1,2", "--jobs", "2", "--track"]
-    args += ["--readme", str(readme), "--output", str(tmp_path / "results.json")]
-    for override in FAST:
-        args += ["--override", override]
-    out = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert out.exit_code == 0, out.output
+    readme, saved = _run_results(tmp_path, "--track")
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("movielens-100k-results")
@@ -139,7 +138,6 @@ def test_tracked_results_log_every_seed_as_a_finished_run(tmp_path, monkeypatch,
         if r.info.run_name in ("lr-seed1", "lr-seed2")
     }
     assert set(runs) == {"lr-seed1", "lr-seed2"}
-    saved = json.loads((tmp_path / "results.json").read_text())
     for summary in saved["runs"]["lr"]:
         run = runs[f"lr-seed{summary['seed']}"]
         assert run.info.status == "FINISHED"
