@@ -193,8 +193,11 @@ def run_training(
     if attached_run_id:
         run = mlflow.start_run(run_id=attached_run_id)
     else:
-        mlflow.set_experiment(experiment_name)
-        run = mlflow.start_run(run_name=run_name)
+        # Pass the id on: when two processes create the experiment at once, MLflow's
+        # set_experiment returns it to the loser without making it active, and a bare
+        # start_run would then log into the Default experiment.
+        experiment = mlflow.set_experiment(experiment_name)
+        run = mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id)
     run_id = run.info.run_id
     client = MlflowClient()
     loggers = default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
