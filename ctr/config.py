@@ -75,9 +75,16 @@ class TrainingConfig(_Section):
     scheduler: Literal["none", "step", "cosine", "plateau"] = "none"
     step_size: int = Field(10, ge=1)  # step scheduler: epochs between decays
     gamma: float = Field(0.5, gt=0.0, le=1.0)  # step / plateau decay factor
-    loss: Literal["bce", "bpr"] = "bce"
+    # bce: pointwise on every row; bpr: each positive against each of its own K sampled
+    # negatives (pairwise); softmax: each positive against its K negatives at once
+    # (sampled softmax, listwise). bpr and softmax scores rank but are not probabilities.
+    loss: Literal["bce", "bpr", "softmax"] = "bce"
     l2_embedding: float = Field(0.0, ge=0.0)  # L2 penalty on embedding tables
     grad_clip_norm: float | None = Field(None, gt=0.0)
+    # exponential moving average of the weights, updated after every step
+    # (w_ema = d * w_ema + (1 - d) * w); validation, test, the best checkpoint and the
+    # returned model use the averaged weights. None trains without it.
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     monitor: str = "val_ndcg_at_10"  # metric for early stopping and the best checkpoint
     monitor_mode: Literal["max", "min"] = "max"
     # epochs without improvement before stopping; 0 disables early stopping. Validation

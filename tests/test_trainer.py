@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,44 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path):
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(pa, pb), name
+
+
+def test_resume_with_a_weight_average_continues_exactly(data, tmp_path):
+    ema = ["training.ema_decay=0.99"]
+    full = make_trainer(data, tmp_path, [*ema, "training.num_epochs=2"], name="full")
+    full.fit()
+    first = make_trainer(data, tmp_path, [*ema, "training.num_epochs=1"], name="first")
+    first.fit()
+    last = tmp_path / "first" / "last.pt"
+    resumed = make_trainer(
+        data,
+        tmp_path,
+        [*ema, "training.num_epochs=2", f"training.resume_from={last}"],
+        name="resumed",
+    )
+    resumed.fit()
+    assert _without_timings(resumed.history) == _without_timings(full.history)
+    for (name, pa), pb in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+
+
+def test_weight_average_is_what_is_evaluated_saved_and_returned(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, ["training.num_epochs=1", "training.ema_decay=0.99"])
+    summary = trainer.fit()
+    state = load_checkpoint(tmp_path / "run" / "best.pt", "cpu")
+    averaged, trained = state["model_state"], state["train_model_state"]
+    steps = data[1].sample_epoch(1, 42).num_batches(4096)
+    assert state["ema_num_averaged"] == steps  # one update per optimizer step
+    # the average lags the trained weights, so the two differ
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+    # the returned model holds the averaged weights of the best epoch ...
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, averaged[name]), name
+    # ... and they are what the metrics describe
+    metrics = evaluate_checkpoint(tmp_path / "run" / "best.pt", split="val")
+    assert metrics["val_ndcg_at_10"] == pytest.approx(summary["best_val_ndcg_at_10"])
 
 
 def test_negatives_are_fresh_every_epoch_and_loss_falls(data, tmp_path):
@@ -191,8 +230,9 @@ def test_early_stopping_stops_when_the_monitor_stalls(data, tmp_path):
         ["training.optimizer=sgd", "training.scheduler=cosine", "training.learning_rate=0.3"],
         ["training.scheduler=plateau", "training.grad_clip_norm=1.0"],
         ["training.loss=bpr", "training.l2_embedding=1.0e-6"],
+        ["training.loss=softmax", "training.ema_decay=0.999"],
     ],
-    ids=["adamw-step", "sgd-cosine", "plateau-clip", "bpr-l2"],
+    ids=["adamw-step", "sgd-cosine", "plateau-clip", "bpr-l2", "softmax-ema"],
 )
 def test_optimizers_schedulers_and_losses_train(data, tmp_path, overrides):
     trainer = make_trainer(data, tmp_path, ["training.num_epochs=2", *overrides])
@@ -201,6 +241,36 @@ def test_optimizers_schedulers_and_losses_train(data, tmp_path, overrides):
     assert summary["best_val_auc"] > 0.55
     if "training.scheduler=step" in overrides:
         assert trainer.history[1]["lr"] == pytest.approx(trainer.history[0]["lr"] * 0.5)
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, batch):
+        return self.logits.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_grouped_losses_match_hand_computed_values(data, tmp_path, loss):
+    # 2 positives, then their 4 negatives each (the layout _grouped_batches yields)
+    trainer = make_trainer(data, tmp_path, [f"training.loss={loss}"])
+    pos = torch.tensor([2.0, 0.0])
+    neg = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]])
+    trainer.model = _FixedLogits(torch.cat([pos, neg.reshape(-1)]))
+    value = float(trainer._loss_grouped({}, loss))
+    if loss == "bpr":
+        pairs = [
+            math.log1p(math.exp(-(float(p) - float(n))))
+            for p, row in zip(pos, neg, strict=True)
+            for n in row
+        ]
+        expected = sum(pairs) / len(pairs)
+    else:
+        e = math.exp
+        expected = (-math.log(e(2) / (e(2) + 4)) - math.log(1 / (1 + e(1) + e(-1) + 2))) / 2
+    assert value == pytest.approx(expected, rel=1e-6)
 
 
 def test_unknown_monitor_is_a_clear_error(data, tmp_path):

@@ -4,11 +4,16 @@ The model owns no infrastructure; everything that is not the forward pass lives
 here. One epoch:
 
     rows = train_ds.sample_epoch(epoch, seed)        # positives + fresh negatives
-    for batch in rows (permuted, batch_size):        # bce; bpr pairs rows per positive
+    for batch in rows (permuted, batch_size):        # bce; bpr / softmax group rows per positive
         loss = criterion(model(batch)) + l2 * model.get_l2_reg_loss()
         step (with optional gradient clipping)
     metrics = val evaluator (sampled + full ranking)
     scheduler, checkpoints (last, and best on the monitor), early stopping, callbacks
+
+With training.ema_decay set, an exponential moving average of the weights is kept
+beside the trained ones; evaluation and the checkpoints' `model_state` use the
+average, and `train_model_state` keeps the trained weights so a resumed run
+continues exactly.
 
 Randomness is derived from (seed, epoch) at the start of every epoch, so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would.
@@ -27,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ctr.config import ExperimentConfig
 from ctr.data.schema import DatasetSchema
@@ -144,6 +150,13 @@ class Trainer:
         self.device = resolve_device(self.cfg.device)
         self.model = model.to(self.device)
         self.optimizer = _build_optimizer(self.model, self.cfg)
+        self.ema: AveragedModel | None = None
+        if self.cfg.ema_decay is not None:
+            self.ema = AveragedModel(
+                self.model,
+                multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
+                use_buffers=True,
+            )
         self.scheduler = _build_scheduler(self.optimizer, self.cfg)
         if checkpoint_dir is None:
             # pid + random suffix: runs started in the same second (e.g. parallel
@@ -189,7 +202,7 @@ class Trainer:
             batches = rows.iter_batches(cfg.batch_size, shuffle=True, generator=generator)
             num_batches = rows.num_batches(cfg.batch_size)
         else:
-            batches = self._bpr_batches(rows, generator)
+            batches = self._grouped_batches(rows, generator)
             n_pos = self.train_ds.num_positives
             num_batches = -(-n_pos // max(1, cfg.batch_size // (1 + self.train_ds.num_negatives)))
         progress = _Progress(num_batches, epoch, show)
@@ -200,7 +213,7 @@ class Trainer:
             if cfg.loss == "bce":
                 loss = self._loss_bce(batch, labels)
             else:
-                loss = self._loss_bpr(batch)
+                loss = self._loss_grouped(batch, cfg.loss)
             if cfg.l2_embedding > 0:
                 loss = loss + cfg.l2_embedding * self.model.get_l2_reg_loss()
             self.optimizer.zero_grad(set_to_none=True)
@@ -208,6 +221,8 @@ class Trainer:
             if cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += loss.detach()
             count += 1
             if show:
@@ -220,7 +235,7 @@ class Trainer:
             )
         return mean_loss
 
-    def _bpr_batches(self, rows, generator):
+    def _grouped_batches(self, rows, generator):
         """Batches of whole groups: b positives followed by their b*K negatives."""
         n = self.train_ds.num_positives
         k = self.train_ds.num_negatives
@@ -232,22 +247,31 @@ class Trainer:
             neg = (n + pos.unsqueeze(1) * k + offsets).reshape(-1)  # (b*K,)
             yield rows.take(torch.cat([pos, neg]))
 
-    def _loss_bpr(self, batch) -> torch.Tensor:
+    def _loss_grouped(self, batch, loss: str) -> torch.Tensor:
+        """bpr: mean of -log sigmoid(pos - neg_j); softmax: -log softmax over [pos, negs]."""
         k = self.train_ds.num_negatives
         logits = self.model(batch).squeeze(-1)  # (b + b*K,)
         b = logits.shape[0] // (1 + k)
         pos, neg = logits[:b], logits[b:].view(b, k)  # (b,), (b, K)
-        return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
+        if loss == "bpr":
+            return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
+        group = torch.cat([pos.unsqueeze(1), neg], dim=1)  # (b, 1 + K), positive first
+        return F.cross_entropy(group, torch.zeros(b, dtype=torch.long, device=group.device))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and saved: the moving average if enabled."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": CHECKPOINT_VERSION,
             "epoch": self.epoch,
             "model_name": self.config.model_name,
             "config": self.config.model_dump(mode="json"),
             "schema": self.schema.to_dict(),
-            "model_state": self.model.state_dict(),
+            "model_state": self.eval_model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler else None,
             "best_value": self.best_value,
@@ -255,6 +279,10 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
         }
+        if self.ema is not None:
+            state["train_model_state"] = self.model.state_dict()
+            state["ema_num_averaged"] = int(self.ema.n_averaged)
+        return state
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by this trainer (best.pt or last.pt)."""
@@ -264,7 +292,13 @@ class Trainer:
                 f"checkpoint {path} holds model {state.get('model_name')!r}, "
                 f"but the config trains {self.config.model_name!r}"
             )
-        self.model.load_state_dict(state["model_state"])
+        self.model.load_state_dict(state.get("train_model_state", state["model_state"]))
+        if self.ema is not None:
+            if "train_model_state" in state:
+                self.ema.module.load_state_dict(state["model_state"])
+                self.ema.n_averaged.fill_(state["ema_num_averaged"])
+            else:  # a checkpoint trained without an average: start one from here
+                self.ema.n_averaged.fill_(0)
         self.optimizer.load_state_dict(state["optimizer_state"])
         if self.scheduler is not None and state.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(state["scheduler_state"])
@@ -313,7 +347,7 @@ class Trainer:
                 metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
                 t1 = time.perf_counter()
                 if self.val_evaluator is not None:
-                    metrics.update(self.val_evaluator.evaluate(self.model))
+                    metrics.update(self.val_evaluator.evaluate(self.eval_model))
                 metrics["epoch_seconds"] = train_seconds
                 metrics["eval_seconds"] = time.perf_counter() - t1
                 if self.monitor not in metrics:
@@ -375,6 +409,8 @@ class Trainer:
         best_path = self.checkpoint_dir / "best.pt"
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path, self.device)["model_state"])
+        elif self.ema is not None:  # no epoch ran: hand back the averaged weights all the same
+            self.model.load_state_dict(self.ema.module.state_dict())
         summary: dict[str, Any] = {
             "best_epoch": self.best_epoch,
             "epochs_run": self.epoch,
