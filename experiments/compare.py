@@ -51,6 +51,10 @@ ALL_METRICS = (
 )
 # params that say nothing about the model (excluded from --diff-only / group checks)
 _RUN_SPECIFIC_PARAMS = ("seed",)
+# MLproject's main entry point parameters other than `model`: `mlflow run` logs them as
+# params, but what they set is already in the resolved config's dotted params
+# (`--epochs 5` is `training.num_epochs`), so they are left out of --diff-only
+LAUNCHER_PARAMS = ("config", "epochs", "batch_size", "learning_rate", "overrides")
 
 
 class CompareError(ValueError):
@@ -176,8 +180,12 @@ def _run_metrics(run: Run, names: Sequence[str]) -> dict[str, float | None]:
 
 
 def differing_params(runs: Sequence[Run]) -> list[str]:
-    """Param keys whose value (or presence) differs between the runs, sorted."""
-    keys = sorted({k for r in runs for k in r.data.params})
+    """Param keys whose value (or presence) differs between the runs, sorted.
+
+    The launcher params of `mlflow run` (LAUNCHER_PARAMS) are never listed: a run
+    started by `ctr train` lacks them, yet may have the same config.
+    """
+    keys = sorted({k for r in runs for k in r.data.params} - set(LAUNCHER_PARAMS))
     return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 

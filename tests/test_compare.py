@@ -6,13 +6,21 @@ import csv
 import io
 import json
 import statistics
+from types import SimpleNamespace
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from experiments.cli import main
-from experiments.compare import compare_url, lower_is_better, param_name
-from tests.conftest import TrainedExperiment, tracking_env
+from experiments.compare import (
+    LAUNCHER_PARAMS,
+    compare_url,
+    differing_params,
+    lower_is_better,
+    param_name,
+)
+from tests.conftest import ROOT, TrainedExperiment, tracking_env
 
 
 def test_compare_url_only_for_servers():
@@ -25,6 +33,28 @@ def test_metric_direction_and_param_names():
     assert lower_is_better("val_logloss") and lower_is_better("train_loss")
     assert not lower_is_better("val_ndcg_at_10") and not lower_is_better("test_auc")
     assert param_name("params.model") == "model" and param_name("seed") == "seed"
+
+
+def _run(**params):
+    return SimpleNamespace(data=SimpleNamespace(params=params))
+
+
+def test_diff_only_ignores_the_launcher_params_of_mlflow_run():
+    # differing_params reads only run.data.params, so plain namespaces stand in for runs
+    by_ctr_train = _run(**{"model": "deepfm", "training.num_epochs": "5", "seed": "1"})
+    by_mlflow_run = _run(
+        **{"model": "deepfm", "training.num_epochs": "5", "seed": "2"},
+        config="",
+        epochs="5",
+        batch_size="",
+        learning_rate="",
+        overrides="",
+    )
+    assert differing_params([by_ctr_train, by_mlflow_run]) == ["seed"]
+    # the list matches MLproject's main entry point (less `model`, logged by every run)
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    declared = set(project["entry_points"]["main"]["parameters"]) - {"model"}
+    assert declared == set(LAUNCHER_PARAMS)
 
 
 @pytest.fixture(scope="module")
