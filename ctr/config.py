@@ -82,8 +82,9 @@ class TrainingConfig(_Section):
     l2_embedding: float = Field(0.0, ge=0.0)  # L2 penalty on embedding tables
     grad_clip_norm: float | None = Field(None, gt=0.0)
     # exponential moving average of the weights, updated after every step
-    # (w_ema = d * w_ema + (1 - d) * w); validation, test, the best checkpoint and the
-    # returned model use the averaged weights. None trains without it.
+    # (w_ema = d * w_ema + (1 - d) * w, d warmed up as min(decay, (1+n)/(10+n)) over the
+    # first updates n); validation, test, the best checkpoint and the returned model
+    # use the averaged weights. None trains without it.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     monitor: str = "val_ndcg_at_10"  # metric for early stopping and the best checkpoint
     monitor_mode: Literal["max", "min"] = "max"

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ctr.config import ExperimentConfig
 from ctr.data.schema import DatasetSchema
@@ -61,6 +61,24 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def _ema_update(decay: float):
+    """AveragedModel update: w_ema <- d * w_ema + (1 - d) * w, d = min(decay, (1+n)/(10+n)).
+
+    n counts the updates so far. The warm-up term keeps early averages from being
+    dominated by the random initial weights (as TensorFlow's moving average does).
+    """
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (index tables, counters)
+            torch._foreach_copy_(averaged, current)
+            return
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
 
 
 def _build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -154,7 +172,7 @@ class Trainer:
         if self.cfg.ema_decay is not None:
             self.ema = AveragedModel(
                 self.model,
-                multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
+                multi_avg_fn=_ema_update(self.cfg.ema_decay),
                 use_buffers=True,
             )
         self.scheduler = _build_scheduler(self.optimizer, self.cfg)
