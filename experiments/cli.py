@@ -352,6 +352,11 @@ def evaluate(checkpoint_path: str, split: str) -> None:
     show_default=True,
     help="Runs trained in parallel processes (one torch thread each).",
 )
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Retrain only --models and replace their rows in --output; keep the other rows.",
+)
 def results(
     models: str,
     seeds: str,
@@ -361,17 +366,20 @@ def results(
     track: bool,
     jobs: int,
     from_json: str | None,
+    update: bool,
 ) -> None:
     """Train every model with 3 seeds and write the README results table.
 
     \b
     ctr results                       # all registered models, seeds 1,2,3
     ctr results --models deepfm,fm --seeds 1
+    ctr results --models deepfm --update  # retrain deepfm, keep the other rows
     """
     with user_errors():
         from ctr.models import list_models
         from experiments.results import (
             format_table,
+            merge_results,
             run_results,
             save_results,
             write_readme_table,
@@ -393,6 +401,24 @@ def results(
                 param_hint="--models",
             )
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        previous = None
+        if update:
+            import json
+            from pathlib import Path
+
+            if not Path(output).is_file():
+                raise click.BadParameter(
+                    f"--update merges into {output}, which does not exist; "
+                    "run without --update first",
+                    param_hint="--update",
+                )
+            previous = json.loads(Path(output).read_text())
+            if list(previous.get("seeds", [])) != seed_list:
+                raise click.BadParameter(
+                    f"{output} holds seeds {previous.get('seeds')}, not {seed_list}; "
+                    "pass the same --seeds",
+                    param_hint="--seeds",
+                )
         outcome = run_results(
             names,
             seed_list,
@@ -401,6 +427,8 @@ def results(
             jobs=jobs,
             log=click.echo,
         )
+        if previous is not None:
+            outcome = merge_results(previous, outcome)
         save_results(outcome, output)
         table = format_table(outcome)
         write_readme_table(table, readme)

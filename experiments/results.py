@@ -1,12 +1,14 @@
 """The README results table: every registered model, 3 seeds, mean and std.
 
-    ctr results [--models deepfm,xdeepfm] [--seeds 1,2,3] [--readme README.md]
+    ctr results [--models deepfm,xdeepfm] [--seeds 1,2,3] [--readme README.md] [--update]
 
 Each run trains the model's default config (configs/<model>_movielens.yaml)
 with early stopping on validation; test metrics are those of the best
 validation epoch. Popularity (training counts) is a reference row. The table
 is written between the results markers in the README, and the per-seed
-numbers to results/results.json.
+numbers to results/results.json. With --update, only the given models are
+retrained and their rows replace theirs in the saved results; the other rows
+are kept.
 """
 
 from __future__ import annotations
@@ -118,6 +120,23 @@ def run_results(
         PopularityModel(adapter.item_popularity)
     )
     return {"runs": runs, "popularity": popularity, "seeds": seeds}
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`previous` with the rows of the models in `new` replaced (or appended).
+
+    For retraining some models after a change to their configs without
+    retraining the rest. Both must use the same seeds: a table whose rows
+    average different seeds would not compare like with like.
+    """
+    if list(previous.get("seeds", [])) != list(new["seeds"]):
+        raise ValueError(
+            f"cannot merge runs over seeds {new['seeds']} into results over seeds "
+            f"{previous.get('seeds')}; use the same --seeds, or retrain every model"
+        )
+    runs = dict(previous.get("runs", {}))
+    runs.update(new["runs"])
+    return {"runs": runs, "popularity": new["popularity"], "seeds": new["seeds"]}
 
 
 def tracked_runner(experiment_name: str):

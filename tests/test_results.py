@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from experiments.cli import main
-from experiments.results import END, START, format_table, write_readme_table
+from experiments.results import END, START, format_table, merge_results, write_readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,39 @@ def test_results_trains_each_seed_in_parallel_and_writes_the_table(tmp_path, mon
     assert saved["runs"]["lr"][0]["test_ndcg_at_10"] != saved["runs"]["lr"][1]["test_ndcg_at_10"]
     text = readme.read_text()
     assert "| lr |" in text and "| popularity |" in text
+
+
+def test_merge_replaces_and_appends_model_rows_and_insists_on_the_same_seeds():
+    old = _fake_results()
+    old["runs"]["lr"] = [{"test_ndcg_at_10": 0.01}, {"test_ndcg_at_10": 0.02}]
+    new = {"runs": {"fm": [{"test_ndcg_at_10": 0.09}] * 2, "deepfm": [{}] * 2}}
+    new.update(popularity=old["popularity"], seeds=[1, 2])
+    merged = merge_results(old, new)
+    assert list(merged["runs"]) == ["fm", "lr", "deepfm"]  # order kept, new model appended
+    assert merged["runs"]["fm"] == new["runs"]["fm"] and merged["runs"]["lr"] == old["runs"]["lr"]
+    with pytest.raises(ValueError, match="same --seeds"):
+        merge_results(old, {**new, "seeds": [1, 2, 3]})
+
+
+def test_update_needs_saved_results_over_the_same_seeds(tmp_path):
+    saved = tmp_path / "results.json"
+    base = ["results", "--models", "lr", "--update", "--output", str(saved)]
+    out = CliRunner().invoke(main, [*base, "--readme", str(tmp_path / "R.md")])
+    assert out.exit_code != 0 and "does not exist" in out.output
+    saved.write_text(json.dumps(_fake_results()))  # seeds 1, 2
+    out = CliRunner().invoke(main, [*base, "--seeds", "1,2,3", "--readme", str(tmp_path / "R.md")])
+    assert out.exit_code != 0 and "holds seeds [1, 2], not [1, 2, 3]" in out.output
+
+
+@pytest.mark.slow
+def test_update_retrains_only_the_given_models_and_keeps_the_other_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps(_fake_results()))  # an fm row
+    readme, saved = _run_results(tmp_path, "--no-track", "--update")
+    assert saved["runs"]["fm"] == _fake_results()["runs"]["fm"]
+    assert [r["seed"] for r in saved["runs"]["lr"]] == [1, 2]
+    text = readme.read_text()
+    assert "| fm |" in text and "| lr |" in text
 
 
 @pytest.mark.slow
