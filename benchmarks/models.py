@@ -1,6 +1,7 @@
 """Training-step speed of every registered model on an ML-100K-shaped batch.
 
-For each model at batch 1024 (2 threads): parameters, milliseconds per
+For each model, built from its configs/<model>_movielens.yaml (the layer sizes
+it ships with) at batch 1024 (2 threads): parameters, milliseconds per
 forward + backward + Adam step (median over repeats after warm-up) and training
 samples per second. Beside them, a bare DeepFM written inline with no
 abstraction (an nn.Embedding per field, the FM formula, an nn.Sequential MLP)
@@ -15,14 +16,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ctr.config import ExperimentConfig
+from ctr.config import ExperimentConfig, load_config
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models import create_model, list_models
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BATCH_SIZE = 1024
 SPARSE_VOCAB = {
     "user_id": 944,
@@ -93,6 +96,12 @@ class BareDeepFM(nn.Module):
         return linear + fm + self.mlp(e.flatten(1))
 
 
+def model_config(name: str) -> ExperimentConfig:
+    """The model's shipped config (its layer sizes), or the defaults if it has none."""
+    path = CONFIGS / f"{name}_movielens.yaml"
+    return load_config(path) if path.is_file() else ExperimentConfig(model_name=name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="measurement rounds")
@@ -105,15 +114,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = ExperimentConfig()
     schema = movielens_schema()
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(generator) for _ in range(8)]
 
     models: dict[str, nn.Module] = {
-        name: create_model(name, schema, config) for name in list_models()
+        name: create_model(name, schema, model_config(name)) for name in list_models()
     }
-    models["bare_deepfm"] = BareDeepFM(config)
+    models["bare_deepfm"] = BareDeepFM(model_config("deepfm"))
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1.0e-3) for n, m in models.items()}
     criterion = nn.BCEWithLogitsLoss()
 
