@@ -379,6 +379,7 @@ def results(
         from ctr.models import list_models
         from experiments.results import (
             format_table,
+            load_results_for_update,
             merge_results,
             run_results,
             save_results,
@@ -401,24 +402,7 @@ def results(
                 param_hint="--models",
             )
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        previous = None
-        if update:
-            import json
-            from pathlib import Path
-
-            if not Path(output).is_file():
-                raise click.BadParameter(
-                    f"--update merges into {output}, which does not exist; "
-                    "run without --update first",
-                    param_hint="--update",
-                )
-            previous = json.loads(Path(output).read_text())
-            if list(previous.get("seeds", [])) != seed_list:
-                raise click.BadParameter(
-                    f"{output} holds seeds {previous.get('seeds')}, not {seed_list}; "
-                    "pass the same --seeds",
-                    param_hint="--seeds",
-                )
+        previous = load_results_for_update(output, seed_list) if update else None
         outcome = run_results(
             names,
             seed_list,

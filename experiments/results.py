@@ -122,6 +122,28 @@ def run_results(
     return {"runs": runs, "popularity": popularity, "seeds": seeds}
 
 
+def _check_same_seeds(previous: dict[str, Any], seeds: list[int], where: str) -> None:
+    """Rows merged into `previous` must average the same seeds as its rows do."""
+    held = list(previous.get("seeds", []))
+    if held != list(seeds):
+        raise ValueError(
+            f"{where} holds seeds {held}, not {list(seeds)}; pass the same --seeds, "
+            "or retrain every model without --update"
+        )
+
+
+def load_results_for_update(path: str | Path, seeds: list[int]) -> dict[str, Any]:
+    """The saved results that `ctr results --update` merges into, checked before training."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--update merges into {path}, which does not exist; run without --update first"
+        )
+    previous = json.loads(path.read_text())
+    _check_same_seeds(previous, seeds, str(path))
+    return previous
+
+
 def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`previous` with the rows of the models in `new` replaced (or appended).
 
@@ -129,11 +151,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     retraining the rest. Both must use the same seeds: a table whose rows
     average different seeds would not compare like with like.
     """
-    if list(previous.get("seeds", [])) != list(new["seeds"]):
-        raise ValueError(
-            f"cannot merge runs over seeds {new['seeds']} into results over seeds "
-            f"{previous.get('seeds')}; use the same --seeds, or retrain every model"
-        )
+    _check_same_seeds(previous, new["seeds"], "the saved results")
     runs = dict(previous.get("runs", {}))
     runs.update(new["runs"])
     return {"runs": runs, "popularity": new["popularity"], "seeds": new["seeds"]}

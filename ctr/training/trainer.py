@@ -311,12 +311,11 @@ class Trainer:
                 f"but the config trains {self.config.model_name!r}"
             )
         self.model.load_state_dict(state.get("train_model_state", state["model_state"]))
-        if self.ema is not None:
-            if "train_model_state" in state:
-                self.ema.module.load_state_dict(state["model_state"])
-                self.ema.n_averaged.fill_(state["ema_num_averaged"])
-            else:  # a checkpoint trained without an average: start one from here
-                self.ema.n_averaged.fill_(0)
+        # a checkpoint trained without an average starts one here (n_averaged is still 0,
+        # so the next step copies the weights in)
+        if self.ema is not None and "train_model_state" in state:
+            self.ema.module.load_state_dict(state["model_state"])
+            self.ema.n_averaged.fill_(state["ema_num_averaged"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         if self.scheduler is not None and state.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(state["scheduler_state"])
