@@ -86,6 +86,12 @@ class TrainingConfig(_Section):
     # first updates n); validation, test, the best checkpoint and the returned model
     # use the averaged weights. None trains without it.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    # recency weighting of the loss: a training positive (with its K negatives) that
+    # r interactions precede the user's last training interaction weighs
+    # max(recency_floor, 0.5 ** (r / recency_half_life)), weights scaled to mean 1.
+    # Uses the time order of the training interactions only. None weighs all equally.
+    recency_half_life: float | None = Field(None, gt=0.0)
+    recency_floor: float = Field(0.1, gt=0.0, le=1.0)
     monitor: str = "val_ndcg_at_10"  # metric for early stopping and the best checkpoint
     monitor_mode: Literal["max", "min"] = "max"
     # epochs without improvement before stopping; 0 disables early stopping. Validation

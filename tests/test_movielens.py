@@ -20,6 +20,8 @@ from ctr.data import (
     FeatureType,
     MovieLensAdapter,
     MovieLensPreprocessor,
+    NegativeSamplingTrainSet,
+    TabularDataset,
     available_adapters,
     get_adapter,
 )
@@ -272,6 +274,7 @@ def test_training_negatives_do_not_depend_on_held_out_interactions(ml, reference
     assert (val2.candidate_items[:, 0] != ml.val.candidate_items[:, 0]).all()
     assert (test2.candidate_items[:, 0] != ml.test.candidate_items[:, 0]).all()
     np.testing.assert_array_equal(adapter.train_mask, ml.adapter.train_mask)
+    np.testing.assert_array_equal(train2.recency_rank, ml.train.recency_rank)
     for epoch in (1, 2):
         np.testing.assert_array_equal(
             train2.negative_items(epoch, seed=5), ml.train.negative_items(epoch, seed=5)
@@ -279,6 +282,51 @@ def test_training_negatives_do_not_depend_on_held_out_interactions(ml, reference
         a, b = train2.sample_epoch(epoch, 5), ml.train.sample_epoch(epoch, 5)
         for name in a.features:
             assert torch.equal(a.features[name], b.features[name]), name
+
+
+def test_recency_rank_counts_the_users_later_training_interactions(ml, reference):
+    """Rank 0 is a user's last training rating in (timestamp, item) order; val/test don't count."""
+    train, adapter = ml.train, ml.adapter
+    history = defaultdict(list)
+    for user, item, _, ts in reference.ratings.tolist():
+        if (user, item) in reference.train:
+            history[user].append((ts, item))
+    expected = {}
+    for user, events in history.items():
+        events.sort()
+        for position, (_, item) in enumerate(events):
+            expected[user * 10_000 + item] = len(events) - 1 - position
+    keys = _pair_keys(adapter.user_ids[train.user_rows], adapter.item_ids[train.item_rows])
+    np.testing.assert_array_equal(train.recency_rank, [expected[k] for k in keys.tolist()])
+    assert train.recency_rank.min() == 0
+
+
+def test_recency_weights_halve_every_half_life_down_to_the_floor():
+    positives = TabularDataset(
+        {"user_id": torch.tensor([1, 1, 1, 1]), "movie_id": torch.tensor([1, 2, 3, 4])},
+        torch.ones(4),
+    )
+    mask = np.zeros((2, 6), dtype=bool)
+    mask[1, 1:5] = True
+    args = (
+        positives,
+        np.array([1, 1, 1, 1]),
+        np.array([1, 2, 3, 4]),
+        {"user_id": torch.arange(2)},
+        {"movie_id": torch.arange(6)},
+        mask,
+        2,
+    )
+    train = NegativeSamplingTrainSet(*args, recency_rank=np.array([3, 2, 1, 0]))
+    raw = np.array([0.2, 0.25, 0.5, 1.0])  # 0.5 ** (r / 1), 0.125 floored at 0.2
+    np.testing.assert_allclose(
+        train.recency_weights(half_life=1.0, floor=0.2).numpy(), raw / raw.mean(), rtol=1e-6
+    )
+    assert train.recency_weights(half_life=1.0, floor=1.0).tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match="recency_rank of shape"):
+        NegativeSamplingTrainSet(*args, recency_rank=np.array([1, 0]))
+    with pytest.raises(ValueError, match="unset training.recency_half_life"):
+        NegativeSamplingTrainSet(*args).recency_weights(half_life=1.0, floor=0.1)
 
 
 def test_negatives_are_deterministic_per_seed_and_epoch_and_fresh_each_epoch(ml):

@@ -240,18 +240,62 @@ def test_grouped_losses_match_hand_computed_values(data, tmp_path, loss):
     pos = torch.tensor([2.0, 0.0])
     neg = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]])
     trainer.model = _FixedLogits(torch.cat([pos, neg.reshape(-1)]))
-    value = float(trainer._loss_grouped({}, loss))
     if loss == "bpr":
-        pairs = [
-            math.log1p(math.exp(-(float(p) - float(n))))
+        per_group = [
+            sum(math.log1p(math.exp(-(float(p) - float(n)))) for n in row) / 4
             for p, row in zip(pos, neg, strict=True)
-            for n in row
         ]
-        expected = sum(pairs) / len(pairs)
     else:
         e = math.exp
-        expected = (-math.log(e(2) / (e(2) + 4)) - math.log(1 / (1 + e(1) + e(-1) + 2))) / 2
-    assert value == pytest.approx(expected, rel=1e-6)
+        per_group = [-math.log(e(2) / (e(2) + 4)), -math.log(1 / (1 + e(1) + e(-1) + 2))]
+    value = float(trainer._loss_grouped({}, loss))
+    assert value == pytest.approx(sum(per_group) / 2, rel=1e-6)
+    # recency weights weigh each group (a positive and its negatives) as a whole
+    weighted = float(trainer._loss_grouped({}, loss, torch.tensor([1.5, 0.5])))
+    assert weighted == pytest.approx((1.5 * per_group[0] + 0.5 * per_group[1]) / 2, rel=1e-6)
+
+
+def test_weighted_bce_matches_hand_computed_value(data, tmp_path):
+    trainer = make_trainer(data, tmp_path)
+    trainer.model = _FixedLogits(torch.tensor([2.0, -1.0, 0.0]))
+    labels = torch.tensor([1.0, 0.0, 0.0])
+    per_row = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(-1.0)), math.log(2.0)]
+    value = float(trainer._loss_bce({}, labels, torch.tensor([2.0, 0.5, 0.5])))
+    assert value == pytest.approx((2 * per_row[0] + 0.5 * per_row[1] + 0.5 * per_row[2]) / 3)
+    assert float(trainer._loss_bce({}, labels)) == pytest.approx(sum(per_row) / 3)
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_recency_weights_reach_the_loss(data, tmp_path, loss):
+    """Equal weights (floor 1) train as unweighted; a short half-life changes the training."""
+    base = ["training.num_epochs=1", f"training.loss={loss}"]
+    plain = make_trainer(data, tmp_path, base, name="plain")
+    assert plain.row_weights is None
+    plain.fit()
+    equal = make_trainer(
+        data,
+        tmp_path,
+        [*base, "training.recency_half_life=5", "training.recency_floor=1.0"],
+        name="equal",
+    )
+    assert torch.equal(equal.row_weights, torch.ones(len(data[1])))
+    equal.fit()
+    # same batches and the same updates; only the summation order of the loss differs
+    assert _without_timings(equal.history) == [
+        pytest.approx(h, rel=1e-6) for h in _without_timings(plain.history)
+    ]
+    recent = make_trainer(data, tmp_path, [*base, "training.recency_half_life=5"], name="recent")
+    train_ds = data[1]
+    n, k = train_ds.num_positives, train_ds.num_negatives
+    w = recent.row_weights
+    assert w.shape == (n * (1 + k),)
+    assert float(w[:n].mean()) == pytest.approx(1.0, rel=1e-5)
+    # negative n + i*K + j weighs what positive i does; the last interactions weigh most
+    assert torch.equal(w[n:].view(n, k), w[:n].unsqueeze(1).expand(n, k))
+    last = torch.from_numpy(train_ds.recency_rank == 0)
+    assert float(w[:n][last].min()) == pytest.approx(float(w.max()))
+    recent.fit()
+    assert recent.history[0]["train_loss"] != plain.history[0]["train_loss"]
 
 
 def test_unknown_monitor_is_a_clear_error(data, tmp_path):

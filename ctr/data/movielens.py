@@ -578,6 +578,9 @@ class MovieLensAdapter:
             enc.gather(enc.user_rows[is_train], enc.item_rows[is_train]),
             np.ones(int(is_train.sum()), np.float32),
         )
+        # ratings are sorted by (user, timestamp, item): within a user, row order is time
+        by_user = ratings[is_train].groupby("user_id", sort=False)
+        recency_rank = by_user.cumcount(ascending=False).to_numpy()  # 0 = user's last
         train_ds = NegativeSamplingTrainSet(
             positives,
             enc.user_rows[is_train],
@@ -587,6 +590,7 @@ class MovieLensAdapter:
             enc.mask(is_train),
             self.data_config.num_negatives,
             item_ids=pre.item_ids,
+            recency_rank=recency_rank,
         )
         self.topped_up_users = {}
         val_ds = self._eval_split("val", enc, split == "val")

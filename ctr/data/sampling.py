@@ -128,6 +128,9 @@ class NegativeSamplingTrainSet:
         train_mask: (U, I) bool, the TRAINING interactions only.
         num_negatives: K.
         item_ids: (I,) raw ids of the catalogue rows (for `negative_item_ids`).
+        recency_rank: (N,) for each positive, how many training interactions of the
+            same user come after it (0 = the user's last one); what
+            `recency_weights` needs. None where the data has no time order.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class NegativeSamplingTrainSet:
         train_mask: np.ndarray,
         num_negatives: int,
         item_ids: np.ndarray | None = None,
+        recency_rank: np.ndarray | None = None,
     ) -> None:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
@@ -157,6 +161,10 @@ class NegativeSamplingTrainSet:
                 f"fields {unknown} are neither user-side nor item-side; "
                 f"user fields: {list(user_features)}, item fields: {list(item_features)}"
             )
+        if recency_rank is not None and np.shape(recency_rank) != (n,):
+            raise ValueError(
+                f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}"
+            )
         full = np.flatnonzero(train_mask[np.unique(user_rows)].all(axis=1))
         if full.size:
             raise ValueError(
@@ -171,6 +179,9 @@ class NegativeSamplingTrainSet:
         self.num_negatives = int(num_negatives)
         self.item_ids = item_ids
         self.item_rows = np.asarray(item_rows, dtype=np.int64)
+        self.recency_rank = (
+            None if recency_rank is None else np.asarray(recency_rank, dtype=np.int64)
+        )
         self._user_rows_t = torch.from_numpy(self.user_rows)
         self._item_rows_t = torch.from_numpy(self.item_rows)
         self._labels = torch.cat(
@@ -183,6 +194,22 @@ class NegativeSamplingTrainSet:
 
     def __len__(self) -> int:
         return self.num_positives * (1 + self.num_negatives)
+
+    def recency_weights(self, half_life: float, floor: float) -> torch.Tensor:
+        """(N,) loss weight of each positive: max(floor, 0.5 ** (rank / half_life)), mean 1.
+
+        `rank` is `recency_rank`: a user's last training interaction weighs most
+        and one `half_life` interactions earlier half as much, down to `floor` (relative
+        to the last). Scaled to mean 1 so the loss keeps its unweighted size.
+        """
+        if self.recency_rank is None:
+            raise ValueError(
+                "recency weights need the time order of the training interactions, and "
+                "this training set was built without recency_rank; unset "
+                "training.recency_half_life or use a data set with timestamps"
+            )
+        w = np.maximum(floor, 0.5 ** (self.recency_rank / float(half_life)))
+        return torch.from_numpy((w / w.mean()).astype(np.float32))
 
     def negative_items(self, epoch: int, seed: int) -> np.ndarray:
         """(N, K) catalogue rows of the negatives of `epoch` (what sample_epoch uses)."""

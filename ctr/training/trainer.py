@@ -176,6 +176,14 @@ class Trainer:
                 use_buffers=True,
             )
         self.scheduler = _build_scheduler(self.optimizer, self.cfg)
+        # (N,) loss weight of each training positive and (N * (1 + K),) of each epoch row
+        # (a negative weighs what its positive does); None trains unweighted
+        self.positive_weights: torch.Tensor | None = None
+        self.row_weights: torch.Tensor | None = None
+        if self.cfg.recency_half_life is not None:
+            w = train_ds.recency_weights(self.cfg.recency_half_life, self.cfg.recency_floor)
+            self.positive_weights = w
+            self.row_weights = torch.cat([w, w.repeat_interleave(train_ds.num_negatives)])
         if checkpoint_dir is None:
             # pid + random suffix: runs started in the same second (e.g. parallel
             # seeds) must never share, and overwrite, each other's best.pt
@@ -202,9 +210,12 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ steps
-    def _loss_bce(self, batch, labels) -> torch.Tensor:
+    def _loss_bce(self, batch, labels, weights=None) -> torch.Tensor:
         logits = self.model(batch).squeeze(-1)  # (B,)
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        if weights is None:
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return (weights * per_row).mean()
 
     def _train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
@@ -217,21 +228,23 @@ class Trainer:
         total, count = torch.zeros((), device=self.device), 0
         show = sys.stderr.isatty()
         if cfg.loss == "bce":
-            batches = rows.iter_batches(cfg.batch_size, shuffle=True, generator=generator)
+            batches = self._row_batches(rows, generator)
             num_batches = rows.num_batches(cfg.batch_size)
         else:
             batches = self._grouped_batches(rows, generator)
             n_pos = self.train_ds.num_positives
             num_batches = -(-n_pos // max(1, cfg.batch_size // (1 + self.train_ds.num_negatives)))
         progress = _Progress(num_batches, epoch, show)
-        for i, (batch, labels) in enumerate(batches):
+        for i, (batch, labels, weights) in enumerate(batches):
             if self.device.type != "cpu":
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 labels = labels.to(self.device, non_blocking=True)
+                if weights is not None:
+                    weights = weights.to(self.device, non_blocking=True)
             if cfg.loss == "bce":
-                loss = self._loss_bce(batch, labels)
+                loss = self._loss_bce(batch, labels, weights)
             else:
-                loss = self._loss_grouped(batch, cfg.loss)
+                loss = self._loss_grouped(batch, cfg.loss, weights)
             if cfg.l2_embedding > 0:
                 loss = loss + cfg.l2_embedding * self.model.get_l2_reg_loss()
             self.optimizer.zero_grad(set_to_none=True)
@@ -253,8 +266,22 @@ class Trainer:
             )
         return mean_loss
 
+    def _row_batches(self, rows, generator):
+        """Shuffled batches of rows, (features, labels, weights (B,) or None).
+
+        The same permutation and slices as `rows.iter_batches(shuffle=True)`.
+        """
+        order = torch.randperm(len(rows), generator=generator)
+        for start in range(0, len(rows), self.cfg.batch_size):
+            index = order[start : start + self.cfg.batch_size]
+            batch, labels = rows.take(index)
+            yield batch, labels, None if self.row_weights is None else self.row_weights[index]
+
     def _grouped_batches(self, rows, generator):
-        """Batches of whole groups: b positives followed by their b*K negatives."""
+        """Batches of whole groups: b positives followed by their b*K negatives.
+
+        Yields (features, labels, weights (b,) of the groups or None).
+        """
         n = self.train_ds.num_positives
         k = self.train_ds.num_negatives
         per_batch = max(1, self.cfg.batch_size // (1 + k))
@@ -263,18 +290,27 @@ class Trainer:
         for start in range(0, n, per_batch):
             pos = order[start : start + per_batch]  # (b,)
             neg = (n + pos.unsqueeze(1) * k + offsets).reshape(-1)  # (b*K,)
-            yield rows.take(torch.cat([pos, neg]))
+            batch, labels = rows.take(torch.cat([pos, neg]))
+            weights = None if self.positive_weights is None else self.positive_weights[pos]
+            yield batch, labels, weights
 
-    def _loss_grouped(self, batch, loss: str) -> torch.Tensor:
-        """bpr: mean of -log sigmoid(pos - neg_j); softmax: -log softmax over [pos, negs]."""
+    def _loss_grouped(self, batch, loss: str, weights=None) -> torch.Tensor:
+        """bpr: mean of -log sigmoid(pos - neg_j); softmax: -log softmax over [pos, negs].
+
+        With weights (b,), the mean over groups is weighted.
+        """
         k = self.train_ds.num_negatives
         logits = self.model(batch).squeeze(-1)  # (b + b*K,)
         b = logits.shape[0] // (1 + k)
         pos, neg = logits[:b], logits[b:].view(b, k)  # (b,), (b, K)
         if loss == "bpr":
-            return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
+            pairs = -F.logsigmoid(pos.unsqueeze(1) - neg)  # (b, K)
+            return pairs.mean() if weights is None else (weights * pairs.mean(dim=1)).mean()
         group = torch.cat([pos.unsqueeze(1), neg], dim=1)  # (b, 1 + K), positive first
-        return F.cross_entropy(group, torch.zeros(b, dtype=torch.long, device=group.device))
+        target = torch.zeros(b, dtype=torch.long, device=group.device)
+        if weights is None:
+            return F.cross_entropy(group, target)
+        return (weights * F.cross_entropy(group, target, reduction="none")).mean()
 
     @property
     def eval_model(self) -> torch.nn.Module:
