@@ -162,9 +162,7 @@ class NegativeSamplingTrainSet:
                 f"user fields: {list(user_features)}, item fields: {list(item_features)}"
             )
         if recency_rank is not None and np.shape(recency_rank) != (n,):
-            raise ValueError(
-                f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}"
-            )
+            raise ValueError(f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}")
         full = np.flatnonzero(train_mask[np.unique(user_rows)].all(axis=1))
         if full.size:
             raise ValueError(
