@@ -15,6 +15,10 @@ beside the trained ones; evaluation and the checkpoints' `model_state` use the
 average, and `train_model_state` keeps the trained weights so a resumed run
 continues exactly.
 
+With training.recency_half_life set, the loss is a weighted mean: each training
+positive and its negatives weigh by how recent the positive is among its user's
+training interactions (`NegativeSamplingTrainSet.recency_weights`).
+
 Randomness is derived from (seed, epoch) at the start of every epoch, so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would.
 """
