@@ -269,7 +269,7 @@ def test_weighted_bce_matches_hand_computed_value(data, tmp_path):
 def test_recency_weights_reach_the_loss(data, tmp_path, loss):
     """Equal weights (floor 1) train as unweighted; a short half-life changes the training."""
     base = ["training.num_epochs=1", f"training.loss={loss}"]
-    plain = make_trainer(data, tmp_path, base, name="plain")
+    plain = make_trainer(data, tmp_path, [*base, "training.recency_half_life=null"], name="plain")
     assert plain.row_weights is None
     plain.fit()
     equal = make_trainer(
