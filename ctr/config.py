@@ -87,7 +87,7 @@ class TrainingConfig(_Section):
     # use the averaged weights. None trains without it.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     # recency weighting of the loss: a training positive (with its K negatives) that
-    # r interactions precede the user's last training interaction weighs
+    # r later training interactions of its user follow weighs
     # max(recency_floor, 0.5 ** (r / recency_half_life)), weights scaled to mean 1.
     # Uses the time order of the training interactions only. None weighs all equally.
     recency_half_life: float | None = Field(None, gt=0.0)
