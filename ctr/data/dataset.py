@@ -86,21 +86,39 @@ class TabularDataset(torch.utils.data.Dataset):
         With shuffle, rows are visited in a permutation drawn from `generator`;
         without it, contiguous slices are returned (no copy).
         """
+        if shuffle:
+            for index in self.shuffled_batch_indices(batch_size, generator, drop_last):
+                yield self.take(index)
+            return
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = self._n
         stop = n - n % batch_size if drop_last else n
-        if shuffle:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, stop, batch_size):
-                yield self.take(order[start : start + batch_size])
-        else:
-            for start in range(0, stop, batch_size):
-                end = min(start + batch_size, n)
-                yield (
-                    {k: v[start:end] for k, v in self.features.items()},
-                    self.labels[start:end],
-                )
+        for start in range(0, stop, batch_size):
+            end = min(start + batch_size, n)
+            yield (
+                {k: v[start:end] for k, v in self.features.items()},
+                self.labels[start:end],
+            )
+
+    def shuffled_batch_indices(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the (B,) row indices of each batch of one permutation drawn from `generator`.
+
+        `iter_batches(shuffle=True)` gathers these batches; callers that carry
+        per-row values beside the features (e.g. loss weights) index them alike.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = self._n
+        stop = n - n % batch_size if drop_last else n
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, stop, batch_size):
+            yield order[start : start + batch_size]
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self._n // batch_size if drop_last else -(-self._n // batch_size)

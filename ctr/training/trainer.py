@@ -271,13 +271,8 @@ class Trainer:
         return mean_loss
 
     def _row_batches(self, rows, generator):
-        """Shuffled batches of rows, (features, labels, weights (B,) or None).
-
-        The same permutation and slices as `rows.iter_batches(shuffle=True)`.
-        """
-        order = torch.randperm(len(rows), generator=generator)
-        for start in range(0, len(rows), self.cfg.batch_size):
-            index = order[start : start + self.cfg.batch_size]
+        """Shuffled batches of rows, (features, labels, weights (B,) or None)."""
+        for index in rows.shuffled_batch_indices(self.cfg.batch_size, generator):
             batch, labels = rows.take(index)
             yield batch, labels, None if self.row_weights is None else self.row_weights[index]
 
