@@ -390,7 +390,8 @@ def attention_by_loops(layer, x: torch.Tensor) -> torch.Tensor:
     B, F, D = x.shape
     H, d = layer.num_heads, layer.attention_dim
     Wq, Wk, Wv = layer.qkv.weight.detach().split(H * d, dim=0)  # (H * d, D) each
-    out = torch.zeros(B, F, H * d, dtype=x.dtype)
+    Wo = layer.out_proj.weight.detach()  # (D, H * d)
+    heads = torch.zeros(B, F, H * d, dtype=x.dtype)
     for b in range(B):
         for h in range(H):
             rows = slice(h * d, (h + 1) * d)
@@ -398,28 +399,48 @@ def attention_by_loops(layer, x: torch.Tensor) -> torch.Tensor:
             for i in range(F):
                 scores = torch.stack([q[i] @ k[j] for j in range(F)]) / math.sqrt(d)
                 alpha = torch.softmax(scores, dim=0)
-                out[b, i, rows] = sum(alpha[j] * v[j] for j in range(F))
+                heads[b, i, rows] = sum(alpha[j] * v[j] for j in range(F))
+    out = torch.zeros(B, F, D, dtype=x.dtype)
+    for b in range(B):
+        for i in range(F):
+            # W_O sums each head's share: concat_h(out^h) W_O = sum_h out^h W_O^h
+            for h in range(H):
+                cols = slice(h * d, (h + 1) * d)
+                out[b, i] += Wo[:, cols] @ heads[b, i, cols]
     if layer.use_residual:
-        out = out + (x if layer.residual is None else x @ layer.residual.weight.detach().T)
+        out = out + x
     return torch.nn.functional.layer_norm(
-        torch.relu(out), (H * d,), layer.norm.weight.detach(), layer.norm.bias.detach()
+        torch.relu(out), (D,), layer.norm.weight.detach(), layer.norm.bias.detach()
     )
 
 
-@pytest.mark.parametrize(("embed_dim", "use_residual"), [(6, True), (4, True), (6, False)])
-def test_attention_matches_loops(embed_dim, use_residual):
+@pytest.mark.parametrize(
+    ("embed_dim", "num_heads", "attention_dim", "use_residual"),
+    [(6, 2, 3, True), (4, 2, 3, True), (6, 2, 3, False), (16, 4, 64, True)],
+)
+def test_attention_matches_loops(embed_dim, num_heads, attention_dim, use_residual):
     torch.manual_seed(0)
-    att = MultiHeadSelfAttention(embed_dim, 2, 3, 2, use_residual=use_residual).double()
+    att = MultiHeadSelfAttention(
+        embed_dim, num_heads, attention_dim, 2, use_residual=use_residual
+    ).double()
     x = torch.randn(3, 5, embed_dim, dtype=torch.float64)
     out = att(x)
-    assert att.output_dim == 6
-    assert out.shape == (3, 5, 6)
+    assert att.output_dim == embed_dim
+    assert out.shape == (3, 5, embed_dim)  # (B, F, D) -> (B, F, D) whatever H * d is
     expected = x
     for layer in att.layers:
         expected = attention_by_loops(layer, expected)
     torch.testing.assert_close(out, expected)
-    first = att.layers[0]
-    assert (first.residual is not None) == (use_residual and embed_dim != 6)
+
+
+def test_attention_gradients_reach_every_parameter_and_the_input():
+    torch.manual_seed(0)
+    att = MultiHeadSelfAttention(8, 2, 4, 2)
+    x = torch.randn(4, 6, 8, requires_grad=True)
+    att(x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in att.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_attention_rejects_bad_input():

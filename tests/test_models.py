@@ -137,7 +137,8 @@ def test_models_read_their_config_sections():
     assert d.dnn.output_dim == 5 and isinstance(d.dnn.layers[1], torch.nn.Tanh)
     a = create_model("attention_deepfm", schema, make_config("attention.num_layers=3"))
     assert len(a.attention.layers) == 3
-    assert a.dnn.input_dim == schema.num_fields * 2 * 4 + schema.total_embedding_dim
+    assert a.attention.output_dim == 8  # (B, F, D) -> (B, F, D) with D = fm.embed_dim
+    assert a.dnn.input_dim == schema.num_fields * 8 + schema.total_embedding_dim
     with pytest.raises(ValueError, match="even"):
         create_model("xdeepfm", schema, make_config("cin.layer_sizes=[5, 4]"))
 

@@ -17,9 +17,10 @@ class AttentionDeepFM(BaseCTRModel):
             + w_out^T DNN([flatten(MHSA(e_1..e_F)); e_1; ...; e_F]) + b_out
 
     MHSA is the stack of AutoInt interacting layers (eqs. 5-8 of AutoInt) over the
-    fields in the shared space (config.fm.embed_dim, layers config.attention); its
-    flattened output is concatenated with the own-dim embeddings and fed to the
-    DNN (config.dnn). Returns the logit.
+    F fields in the shared space of size D (config.fm.embed_dim, layers
+    config.attention); each layer maps (B, F, D) -> (B, F, D). Its flattened
+    output (F * D) is concatenated with the own-dim embeddings (sum of the field
+    dims) and fed to the DNN (config.dnn). Returns the logit.
     """
 
     inference_chunk_rows = 1024  # attention scores and DNN input are wide per row
@@ -50,7 +51,7 @@ class AttentionDeepFM(BaseCTRModel):
         field_embeddings: torch.Tensor | None,
         flat_embeddings: torch.Tensor | None,
     ) -> torch.Tensor:
-        attended = self.attention(field_embeddings).flatten(1)  # (B, F * H * d)
-        deep_in = torch.cat([attended, flat_embeddings], dim=1)  # (B, F*H*d + sum d_f)
+        attended = self.attention(field_embeddings).flatten(1)  # (B, F * D)
+        deep_in = torch.cat([attended, flat_embeddings], dim=1)  # (B, F * D + sum d_f)
         y_dnn = self.dnn_out(self.dnn(deep_in))  # (B, 1)
         return first_order + self.fm(field_embeddings) + y_dnn
