@@ -118,6 +118,11 @@ class NegativeSamplingTrainSet:
     is the j-th negative (label 0) of positive i: the same user's features and
     the sampled item's own features. The draw depends only on (seed, epoch).
 
+    This class alone knows that layout; code that batches or weighs the rows
+    asks it: `row_weights(w)` spreads a weight per positive over the epoch's
+    rows, `group_rows(positives)` gives the rows of each positive and its K
+    negatives (for losses that compare a positive with its own negatives).
+
     Args:
         positives: the N training positives (label 1).
         user_rows: (N,) row of each positive's user in `user_features` / `train_mask`.
@@ -224,9 +229,7 @@ class NegativeSamplingTrainSet:
         """Positives followed by K fresh negatives each: N * (1 + K) rows."""
         neg_items = torch.from_numpy(self.negative_items(epoch, seed).reshape(-1))  # (N*K,)
         # one gather per field from the small user / item tables, positives included
-        users = torch.cat(
-            [self._user_rows_t, self._user_rows_t.repeat_interleave(self.num_negatives)]
-        )
+        users = self._per_row(self._user_rows_t)  # (N*(1+K),) a negative has its positive's user
         items = torch.cat([self._item_rows_t, neg_items])  # (N*(1+K),)
         columns = {
             name: (
@@ -237,3 +240,46 @@ class NegativeSamplingTrainSet:
             for name in self.positives.features
         }
         return TabularDataset(columns, self._labels.clone())
+
+    # ------------------------------------------------------------- epoch row layout
+    def _per_row(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, ...) one value per positive -> (N * (1 + K), ...) one per epoch row.
+
+        Row i < N gets values[i]; row N + i*K + j (negative j of positive i) too.
+        """
+        return torch.cat([values, values.repeat_interleave(self.num_negatives, dim=0)])
+
+    def row_weights(self, positive_weights: torch.Tensor) -> torch.Tensor:
+        """(N * (1 + K),) loss weight of each row of an epoch: a negative weighs what its
+        positive does.
+
+        Args:
+            positive_weights: (N,) weight of each positive, e.g. `recency_weights(...)`.
+        """
+        weights = torch.as_tensor(positive_weights)
+        if weights.shape != (self.num_positives,):
+            raise ValueError(
+                f"expected one weight per positive, shape ({self.num_positives},), "
+                f"got {tuple(weights.shape)}"
+            )
+        return self._per_row(weights)
+
+    def group_rows(self, positives: torch.Tensor) -> torch.Tensor:
+        """(G, 1 + K) epoch rows of G groups: the positive's row, then its K negatives'.
+
+        Args:
+            positives: (G,) indices of positives, in [0, N).
+
+        Example (N = 3, K = 2): group_rows([2, 0]) -> [[2, 7, 8], [0, 3, 4]].
+        """
+        n, k = self.num_positives, self.num_negatives
+        pos = torch.as_tensor(positives, dtype=torch.int64)
+        if pos.dim() != 1:
+            raise ValueError(f"expected a (G,) tensor of positives, got shape {tuple(pos.shape)}")
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= n):
+            raise ValueError(
+                f"expected positives in [0, {n}), got values from {int(pos.min())} "
+                f"to {int(pos.max())}"
+            )
+        negatives = n + pos.unsqueeze(1) * k + torch.arange(k)  # (G, K)
+        return torch.cat([pos.unsqueeze(1), negatives], dim=1)  # (G, 1 + K)
