@@ -110,7 +110,7 @@ def model_signature(schema):
     from ctr.data.schema import FeatureType
 
     inputs = []
-    for f in schema.fields:
+    for f in schema.fields.values():
         dtype = np.dtype("float32") if f.feature_type is FeatureType.DENSE else np.dtype("int64")
         shape = (-1, f.max_length) if f.feature_type is FeatureType.SEQUENCE else (-1,)
         inputs.append(TensorSpec(dtype, shape, f.name))

@@ -30,7 +30,7 @@ def make_schema(genres_length: int = 4) -> DatasetSchema:
 def make_batch(schema: DatasetSchema, batch_size: int = B, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     batch = {}
-    for f in schema.fields:
+    for f in schema.fields.values():
         if f.feature_type is FeatureType.SPARSE:
             batch[f.name] = torch.randint(0, f.vocabulary_size, (batch_size,), generator=g)
         elif f.feature_type is FeatureType.DENSE:
@@ -61,7 +61,7 @@ def test_embedding_shapes_and_schema_order():
     changed_fields = (field_a != field_b).any(dim=2).any(dim=0)
     assert changed_fields.tolist() == [False, False, False, True, False, False]
     starts = [0]
-    for f in schema.fields:
+    for f in schema.fields.values():
         starts.append(starts[-1] + f.embedding_dim)
     changed_cols = (flat_a != flat_b).any(dim=0)
     assert changed_cols[starts[3] : starts[4]].all()
@@ -76,7 +76,7 @@ def reference_embedding(emb: FeatureEmbedding, batch: dict) -> tuple[torch.Tenso
     """
     first = emb.bias.expand(B, 1).clone()
     own = {}
-    for f in emb.schema.fields:
+    for f in emb.schema.fields.values():
         d, x = (f.embedding_dim if emb.second_order else 0), batch[f.name]
         if f.feature_type is FeatureType.SPARSE:
             i = emb._sparse_names.index(f.name)
@@ -105,13 +105,15 @@ def test_embedding_values_match_per_field_lookups():
     first, field_emb, flat = emb(batch)
     expected_first, own = reference_embedding(emb, batch)
     torch.testing.assert_close(first, expected_first)
-    torch.testing.assert_close(flat, torch.cat([own[f.name] for f in schema.fields], dim=1))
+    torch.testing.assert_close(
+        flat, torch.cat([own[f.name] for f in schema.fields.values()], dim=1)
+    )
     # price and movie_id (dim 4) are projected into the fm space (dim 8), in schema order
     assert len(emb.projections) == 2
     torch.testing.assert_close(field_emb[:, 2], emb.projections[0](own["price"]))
     torch.testing.assert_close(field_emb[:, 3], emb.projections[1](own["movie_id"]))
     for i in (0, 1, 4, 5):
-        torch.testing.assert_close(field_emb[:, i], own[schema.fields[i].name])
+        torch.testing.assert_close(field_emb[:, i], own[schema.field_names[i]])
 
 
 def test_embedding_uniform_dims_in_any_order():

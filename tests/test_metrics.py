@@ -428,3 +428,8 @@ def test_popularity_model_in_the_evaluator() -> None:
     assert metrics["val_ndcg_at_10"] == pytest.approx(compute_ndcg_at_k(ranks, 10))
     labels = split.candidates.labels.numpy()
     assert metrics["val_auc"] == pytest.approx(roc_auc_score(labels, movie.reshape(-1)))
+
+
+def test_eval_split_length_is_its_evaluation_rows():
+    split = make_split(num_users=5, num_candidates=8)
+    assert len(split) == len(split.candidates) == 5 * 8  # users x candidates

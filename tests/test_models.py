@@ -53,7 +53,7 @@ def make_config(*overrides: str) -> ExperimentConfig:
 def make_batch(schema: DatasetSchema, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     batch = {}
-    for f in schema.fields:
+    for f in schema.fields.values():
         if f.feature_type is FeatureType.SPARSE:
             batch[f.name] = torch.randint(1, f.vocabulary_size, (B,), generator=g)
         elif f.feature_type is FeatureType.DENSE:

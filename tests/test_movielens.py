@@ -105,7 +105,7 @@ def test_sizes(ml):
     assert len(ml.train.sample_epoch(1, 0)) == 490_570
     for split in (ml.val, ml.test):
         assert split.num_candidates == 1000
-        assert len(split.candidates) == 943_000
+        assert len(split.candidates) == len(split) == 943_000  # evaluation rows: U x C
         assert split.candidate_items.shape == (NUM_USERS, 1000)
         np.testing.assert_array_equal(split.user_ids, np.arange(1, NUM_USERS + 1))
         assert split.item_ids.tolist() == list(range(1, NUM_ITEMS + 1))
@@ -153,26 +153,26 @@ def test_schema_fields(ml):
     genres = schema["genres"]
     assert genres.feature_type is FeatureType.SEQUENCE
     assert (genres.max_length, genres.combiner) == (6, "mean")
-    assert {f.name for f in schema.fields if f.group == "user"} == {
+    assert {f.name for f in schema.fields.values() if f.group == "user"} == {
         "user_id",
         "gender",
         "age",
         "occupation",
         "zip_prefix",
     }
-    assert {f.name for f in schema.fields if f.group == "item"} == {"movie_id", "genres"}
-    vocab = {f.name: f.vocabulary_size for f in schema.fields}
+    assert {f.name for f in schema.fields.values() if f.group == "item"} == {"movie_id", "genres"}
+    vocab = {name: f.vocabulary_size for name, f in schema.fields.items()}
     # 943 users and 1,677 training movies + index 0; all 7 age buckets occur; 21 occupations
     assert vocab["user_id"] == 944
     assert vocab["movie_id"] == 1678
     assert vocab["gender"] == 3
     assert vocab["age"] == 8
     assert vocab["occupation"] == 22
-    assert all(f.embedding_dim == 16 for f in schema.fields)
+    assert all(f.embedding_dim == 16 for f in schema.fields.values())
     features = ml.train.positives.features
     assert list(features) == schema.field_names
     assert features["genres"].shape == (98_114, 6)
-    for f in schema.fields:
+    for f in schema.fields.values():
         assert int(features[f.name].max()) < f.vocabulary_size
         assert int(features[f.name].min()) >= 0
 

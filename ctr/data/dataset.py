@@ -169,6 +169,10 @@ class EvalSplit:
     exclude_indptr: np.ndarray
     exclude_items: np.ndarray
 
+    def __len__(self) -> int:
+        """Number of evaluation rows: users x candidates (U * C)."""
+        return len(self.candidates)
+
     @property
     def num_users(self) -> int:
         return len(self.user_ids)

@@ -7,7 +7,8 @@ logged with each run), so a model loaded on its own knows its fields.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 
@@ -76,48 +77,119 @@ class FieldSchema:
         return cls(**{**d, "feature_type": FeatureType(d["feature_type"])})
 
 
-@dataclass(frozen=True)
-class DatasetSchema:
-    """The ordered fields of a data set and the name of its label."""
+class FieldMap(Mapping[str, FieldSchema]):
+    """The fields of a schema: an ordered, read-only map name -> FieldSchema.
 
-    fields: tuple[FieldSchema, ...]
-    label_field: str = "label"
-    _by_name: dict = field(init=False, repr=False, compare=False)
+    Iteration yields the names in field order (the order of the model's
+    inputs); `.values()` the FieldSchema objects in that order. Two maps are
+    equal when they hold the same fields in the same order; they hash alike
+    then too.
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fields", tuple(self.fields))
-        names = [f.name for f in self.fields]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate field names in schema: {dupes}")
-        if not self.fields:
-            raise ValueError("a schema needs at least one field")
-        object.__setattr__(self, "_by_name", {f.name: f for f in self.fields})
+    Args:
+        fields: a mapping name -> FieldSchema (each key the field's own name),
+            or a sequence of FieldSchema.
+    """
+
+    def __init__(self, fields: Mapping[str, FieldSchema] | Iterable[FieldSchema]) -> None:
+        if isinstance(fields, Mapping):
+            for name, f in fields.items():
+                if not isinstance(f, FieldSchema) or f.name != name:
+                    raise ValueError(
+                        f"expected fields[{name!r}] to be a FieldSchema named {name!r}, got {f!r}"
+                    )
+            items = list(fields.values())
+        else:
+            if isinstance(fields, (str, bytes)):
+                raise ValueError(
+                    f"expected a dict name -> FieldSchema or a sequence of FieldSchema, "
+                    f"got {fields!r}"
+                )
+            items = list(fields)
+            bad = [f for f in items if not isinstance(f, FieldSchema)]
+            if bad:
+                raise ValueError(f"expected a sequence of FieldSchema, got {bad[0]!r} in it")
+            names = [f.name for f in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate field names in schema: {dupes}")
+        self._fields: dict[str, FieldSchema] = {f.name: f for f in items}
 
     def __getitem__(self, name: str) -> FieldSchema:
         try:
-            return self._by_name[name]
+            return self._fields[name]
         except KeyError:
-            raise KeyError(f"no field {name!r}; fields: {list(self._by_name)}") from None
+            raise KeyError(f"no field {name!r}; fields: {list(self._fields)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return name in self._fields
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return list(self.items()) == list(other.items())  # order matters: it is the input order
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._fields.values()))
+
+    def __repr__(self) -> str:
+        return f"FieldMap({list(self._fields.values())!r})"
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """The ordered fields of a data set and the name of its label.
+
+    Args:
+        fields: a dict name -> FieldSchema, or a sequence of FieldSchema; kept
+            as a read-only `FieldMap` in that order.
+        label_field: name of the label column.
+
+    Example:
+        DatasetSchema({"u": FieldSchema("u", FeatureType.SPARSE, 100, 8)}, label_field="label")
+        DatasetSchema((FieldSchema("u", FeatureType.SPARSE, 100, 8),))  # same schema
+    """
+
+    fields: FieldMap
+    label_field: str = "label"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", FieldMap(self.fields))
+        if not self.fields:
+            raise ValueError("a schema needs at least one field")
+
+    def __setstate__(self, state: dict) -> None:
+        # Schemas pickled before `fields` became a FieldMap held a tuple and a name index.
+        state = {k: v for k, v in state.items() if k != "_by_name"}
+        state["fields"] = FieldMap(state["fields"])
+        self.__dict__.update(state)
+
+    def __getitem__(self, name: str) -> FieldSchema:
+        return self.fields[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields
 
     @property
     def field_names(self) -> list[str]:
-        return [f.name for f in self.fields]
+        return list(self.fields)
 
     @property
     def sparse_fields(self) -> list[FieldSchema]:
-        return [f for f in self.fields if f.feature_type is FeatureType.SPARSE]
+        return [f for f in self.fields.values() if f.feature_type is FeatureType.SPARSE]
 
     @property
     def dense_fields(self) -> list[FieldSchema]:
-        return [f for f in self.fields if f.feature_type is FeatureType.DENSE]
+        return [f for f in self.fields.values() if f.feature_type is FeatureType.DENSE]
 
     @property
     def sequence_fields(self) -> list[FieldSchema]:
-        return [f for f in self.fields if f.feature_type is FeatureType.SEQUENCE]
+        return [f for f in self.fields.values() if f.feature_type is FeatureType.SEQUENCE]
 
     @property
     def num_fields(self) -> int:
@@ -125,17 +197,24 @@ class DatasetSchema:
 
     @property
     def total_embedding_dim(self) -> int:
-        return sum(f.embedding_dim for f in self.fields)
+        return sum(f.embedding_dim for f in self.fields.values())
 
     def to_dict(self) -> dict:
-        return {"label_field": self.label_field, "fields": [f.to_dict() for f in self.fields]}
+        # a list of field dicts in field order, as schemas have always been saved
+        return {
+            "label_field": self.label_field,
+            "fields": [f.to_dict() for f in self.fields.values()],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetSchema:
-        return cls(
-            fields=tuple(FieldSchema.from_dict(f) for f in d["fields"]),
-            label_field=d.get("label_field", "label"),
-        )
+        """Inverse of `to_dict`; `fields` may also be a dict name -> field dict."""
+        fields = d["fields"]
+        if isinstance(fields, Mapping):
+            parsed = {n: FieldSchema.from_dict({"name": n, **f}) for n, f in fields.items()}
+        else:
+            parsed = tuple(FieldSchema.from_dict(f) for f in fields)
+        return cls(fields=parsed, label_field=d.get("label_field", "label"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -180,14 +180,15 @@ class FeatureEmbedding(nn.Module):
         self._uniform_width = len({own_dim(f) for f in concat}) == 1
 
         # Projections into the fm space, for the fields (in schema order) whose dim differs.
-        self._projected = [second_order and f.embedding_dim != fm_embed_dim for f in schema.fields]
+        fields = list(schema.fields.values())
+        self._projected = [second_order and f.embedding_dim != fm_embed_dim for f in fields]
         self.projections = nn.ModuleList(
             nn.Linear(f.embedding_dim, fm_embed_dim)
-            for f, p in zip(schema.fields, self._projected, strict=True)
+            for f, p in zip(fields, self._projected, strict=True)
             if p
         )
 
-        self._expected = [_expectation(f) for f in schema.fields]
+        self._expected = [_expectation(f) for f in fields]
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The embedding tables and dense-field vectors (first and second order): the L2 target."""
