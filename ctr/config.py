@@ -15,8 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ctr.errors import CTRError
 
-class ConfigError(ValueError):
+
+class ConfigError(CTRError):
     """A configuration file or override is missing, malformed or invalid."""
 
 

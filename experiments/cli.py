@@ -1,55 +1,104 @@
 """The `ctr` command line: one click group, thin over the library.
 
 Heavy imports (torch, mlflow) happen inside commands so `ctr --help` is fast.
-Each command parses its options, calls one library function and prints; the
-library's typed errors (listed in `_USER_ERRORS`) become a one-line message
-and exit code 1, without a traceback.
+Each command parses its options, calls one library function and prints.
+
+Errors: the project's own error types (ctr.errors.CTRError and its subclasses:
+ConfigError, DataNotFoundError, RunQueryError, PromotionError, ...) say what
+was wrong and the fix, so they become a one-line message and exit code 1;
+click's usage errors exit 2. Any other exception is a bug and keeps its
+traceback. `ctr --debug ...` (or CTR_DEBUG=1) shows the traceback of every error.
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="CTR_DEBUG",
+    help="Show the full traceback of every error, not only of bugs (or set CTR_DEBUG=1).",
+)
 @click.version_option(package_name="ctr")
-def main() -> None:
+def main(debug: bool) -> None:
     """Train, evaluate, compare and promote CTR models on MovieLens-100K."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is the whole story (bad input, unreachable server, ...)."""
-    from ctr.config import ConfigError
-
-    errors: list[type[BaseException]] = [ConfigError, ValueError, FileNotFoundError]
-    try:
-        from experiments.compare import CompareError
-        from experiments.promote import PromotionError
-        from experiments.train import TrackingServerError
-
-        errors += [CompareError, PromotionError, TrackingServerError, FloatingPointError]
-    except ImportError:  # pragma: no cover - mlflow missing: only library errors apply
-        pass
-    return tuple(errors)
+def _debug_requested() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's typed errors into click.ClickException (exit 1, no traceback)."""
+    """Turn the project's typed errors into click.ClickException (exit 1, one line).
+
+    Anything else propagates with its traceback (a bug, not bad input); with
+    --debug / CTR_DEBUG=1 the typed errors do too.
+    """
     try:
         yield
     except click.ClickException:
         raise
-    except _user_errors() as exc:
+    except Exception as exc:
+        from ctr.errors import CTRError
+
+        if not isinstance(exc, CTRError) or _debug_requested():
+            raise
         message = str(exc)
         run_id = getattr(exc, "mlflow_run_id", None)
         if run_id:
             message += f"\n(MLflow run {run_id} is marked FAILED; its tag 'error' says why)"
         raise click.ClickException(message) from exc
+
+
+def override_options(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Config overrides for a command, in one form everywhere.
+
+    `--override A=1 --override B=2` and `--override A=1 B=2` (more KEY=VALUE after
+    one flag) both reach the command as `overrides=("A=1", "B=2")`.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(
+            *args: Any, overrides: tuple[str, ...], more_overrides: tuple[str, ...], **kwargs: Any
+        ) -> Any:
+            return command(*args, overrides=_merge_overrides(overrides, more_overrides), **kwargs)
+
+        wrapper = click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")(wrapper)
+        return click.option(
+            "--override", "overrides", multiple=True, metavar="KEY=VALUE", help=help_text
+        )(wrapper)
+
+    return decorate
+
+
+def _merge_overrides(flagged: tuple[str, ...], trailing: tuple[str, ...]) -> tuple[str, ...]:
+    """The pairs given with --override, then those that followed a flag.
+
+    click keeps each group in order but not how the two interleave, so a key
+    set in both groups would have no defined last value: that is a usage error.
+    """
+    stray = [arg for arg in trailing if "=" not in arg]
+    if stray:
+        raise click.UsageError(f"expected KEY=VALUE overrides, got {stray}")
+    keys = {pair.split("=", 1)[0].strip() for pair in flagged}
+    twice = sorted(keys & {pair.split("=", 1)[0].strip() for pair in trailing})
+    if twice:
+        raise click.UsageError(
+            f"expected each override key once, got {twice} more than once; give each key one value"
+        )
+    return (*flagged, *trailing)
 
 
 # ---------------------------------------------------------------------- train
@@ -75,14 +124,9 @@ def _shorthand_overrides(epochs: str, batch_size: str, learning_rate: str, seed:
 @click.option(
     "--model", default="", help="Model name; picks its config when --config is not given."
 )
-@click.option(
-    "--override",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Config override, e.g. training.num_epochs=2 (repeatable; more KEY=VALUE may follow).",
+@override_options(
+    "Config override, e.g. training.num_epochs=2 (repeatable; more KEY=VALUE may follow)."
 )
-@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option(
     "--overrides",
     "overrides_text",
@@ -102,7 +146,6 @@ def train(
     config_path: str,
     model: str,
     overrides: tuple[str, ...],
-    more_overrides: tuple[str, ...],
     overrides_text: str,
     epochs: str,
     batch_size: str,
@@ -120,14 +163,10 @@ def train(
     Tracks into $MLFLOW_TRACKING_URI, or ./mlflow.db when it is unset. Started by
     `mlflow run`, it logs into the run MLflow created.
     """
-    stray = [arg for arg in more_overrides if "=" not in arg]
-    if stray:
-        raise click.UsageError(f"expected KEY=VALUE overrides, got {stray}")
     if not config_path and not model:
         raise click.UsageError("give --config PATH or --model NAME")
     all_overrides = [
         *overrides,
-        *more_overrides,
         *shlex.split(overrides_text),
         *_shorthand_overrides(epochs, batch_size, learning_rate, seed),
     ]
@@ -278,7 +317,8 @@ def recommend(model_uri: str, user_id: int, k: int, include_seen: bool) -> None:
     with user_errors():
         from mlflow.exceptions import MlflowException
 
-        from experiments.serving import format_recommendations, recommend
+        from ctr.serving import format_recommendations
+        from experiments.serving import recommend
 
         if model_uri.startswith(("models:/", "runs:/")):
             from experiments.train import check_tracking_server
@@ -329,9 +369,7 @@ def evaluate(checkpoint_path: str, split: str) -> None:
 @click.option(
     "--output", default="results/results.json", show_default=True, help="Per-seed numbers."
 )
-@click.option(
-    "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Applied to every run."
-)
+@override_options("Config override applied to every run (repeatable; more KEY=VALUE may follow).")
 @click.option(
     "--track/--no-track",
     default=True,
@@ -374,50 +412,26 @@ def results(
     ctr results                       # all registered models, seeds 1,2,3
     ctr results --models deepfm,fm --seeds 1
     ctr results --models deepfm --update  # retrain deepfm, keep the other rows
+    ctr results --models lr --seeds 1 --override training.num_epochs=2 training.batch_size=512
     """
     with user_errors():
-        from ctr.models import list_models
-        from experiments.results import (
-            format_table,
-            load_results_for_update,
-            merge_results,
-            run_results,
-            save_results,
-            write_readme_table,
-        )
+        from experiments.results import write_results
 
-        if from_json:
-            import json
-            from pathlib import Path
-
-            table = format_table(json.loads(Path(from_json).read_text()))
-            write_readme_table(table, readme)
-            click.echo(table)
-            return
-        names = list_models() if models == "all" else models.split(",")
-        unknown = sorted(set(names) - set(list_models()))
-        if unknown:
-            raise click.BadParameter(
-                f"unknown models {unknown}; known: {', '.join(list_models())}",
-                param_hint="--models",
-            )
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        previous = load_results_for_update(output, seed_list) if update else None
-        outcome = run_results(
-            names,
-            seed_list,
-            overrides=list(overrides),
-            track="movielens-100k-results" if track else None,
+        table = write_results(
+            models,
+            seeds,
+            readme=readme,
+            output=output,
+            overrides=overrides,
+            track=track,
             jobs=jobs,
+            from_json=from_json,
+            update=update,
             log=click.echo,
         )
-        if previous is not None:
-            outcome = merge_results(previous, outcome)
-        save_results(outcome, output)
-        table = format_table(outcome)
-        write_readme_table(table, readme)
     click.echo(table)
-    click.echo(f"\nwrote {output} and the results table in {readme}")
+    if not from_json:
+        click.echo(f"\nwrote {output} and the results table in {readme}")
 
 
 if __name__ == "__main__":

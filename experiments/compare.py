@@ -20,11 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from experiments.runs import (
+    DEFAULT_METRIC,
+    RunQueryError,
+    get_client,
+    lower_is_better,
+    metric_value,
+    ranked_runs,
+)
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Experiment, Run
+    from mlflow.entities import Run
 
-DEFAULT_METRIC = "val_ndcg_at_10"
+# compare's errors are those of the run queries (an unknown experiment, metric or
+# filter), plus an unknown --group-by param or output format
+CompareError = RunQueryError
 
 # params shown for every run (--diff-only shows the params that differ instead)
 KEY_PARAMS = (
@@ -57,92 +68,9 @@ _RUN_SPECIFIC_PARAMS = ("seed",)
 LAUNCHER_PARAMS = ("config", "epochs", "batch_size", "learning_rate", "overrides")
 
 
-class CompareError(ValueError):
-    """An unknown experiment, metric or filter, or nothing to compare."""
-
-
-def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or metric.endswith("_seconds")
-
-
 def param_name(key: str) -> str:
     """'params.model' -> 'model' (the prefix is optional)."""
     return key[len("params.") :] if key.startswith("params.") else key
-
-
-def get_client(client: MlflowClient | None = None) -> MlflowClient:
-    if client is not None:
-        return client
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
-def find_experiment(client: MlflowClient, name: str) -> Experiment:
-    """The experiment called `name`; CompareError lists the existing ones otherwise."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None or experiment.lifecycle_stage != "active":
-        names = sorted(e.name for e in client.search_experiments(max_results=1000))
-        raise CompareError(
-            f"no experiment named {name!r}; existing experiments: {', '.join(names) or '(none)'}"
-        )
-    return experiment
-
-
-def finished_runs(
-    client: MlflowClient, experiment_id: str, filter_string: str | None = None
-) -> list[Run]:
-    """All FINISHED training runs (runs with a `model` tag) of an experiment."""
-    from mlflow.exceptions import MlflowException
-
-    query = "attributes.status = 'FINISHED'"
-    if filter_string and filter_string.strip():
-        query = f"{query} and {filter_string.strip()}"
-    runs: list[Run] = []
-    token = None
-    while True:
-        try:
-            page = client.search_runs(
-                [experiment_id], filter_string=query, max_results=1000, page_token=token
-            )
-        except MlflowException as exc:
-            raise CompareError(f"invalid --filter {filter_string!r}: {exc.message}") from None
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return [r for r in runs if "model" in r.data.tags or "model" in r.data.params]
-
-
-def metric_value(run: Run, metric: str) -> float | None:
-    """A run's value of `metric`: for val_* the best epoch's value (best_val_*)."""
-    metrics = run.data.metrics
-    if metric.startswith("val_") and f"best_{metric}" in metrics:
-        return metrics[f"best_{metric}"]
-    return metrics.get(metric)
-
-
-def available_metrics(runs: Sequence[Run]) -> list[str]:
-    names: set[str] = set()
-    for run in runs:
-        for key in run.data.metrics:
-            names.add(key[len("best_") :] if key.startswith("best_val_") else key)
-    return sorted(names)
-
-
-def check_metric(runs: Sequence[Run], metric: str) -> None:
-    if not any(metric_value(r, metric) is not None for r in runs):
-        raise CompareError(
-            f"no finished run has the metric {metric!r}; metrics that exist: "
-            f"{', '.join(available_metrics(runs)) or '(none)'}"
-        )
-
-
-def sort_runs(runs: Sequence[Run], metric: str) -> list[Run]:
-    """Runs with the metric, best first (ties: the earlier run first)."""
-    sign = 1.0 if lower_is_better(metric) else -1.0
-    scored = [r for r in runs if metric_value(r, metric) is not None]
-    return sorted(scored, key=lambda r: (sign * metric_value(r, metric), r.info.start_time or 0))
 
 
 def compare_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[str]) -> str | None:
@@ -201,13 +129,7 @@ def compare_runs(
 ) -> Comparison:
     """Rows of the finished runs of `experiment`, best first by `metric`."""
     client = get_client(client)
-    exp = find_experiment(client, experiment)
-    runs = finished_runs(client, exp.experiment_id, filter_string)
-    if not runs:
-        where = f" matching {filter_string!r}" if filter_string else ""
-        raise CompareError(f"experiment {experiment!r} has no finished training runs{where}")
-    check_metric(runs, metric)
-    runs = sort_runs(runs, metric)
+    exp, runs = ranked_runs(client, experiment, metric, filter_string)
     metric_names = ALL_METRICS if all_metrics else TABLE_METRICS
     group_keys = [param_name(g) for g in group_by]
     if group_keys:

@@ -21,16 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from experiments.compare import (
+from ctr.errors import CTRError
+from experiments.runs import (
     DEFAULT_METRIC,
-    CompareError,
-    check_metric,
-    find_experiment,
-    finished_runs,
     get_client,
     lower_is_better,
     metric_value,
-    sort_runs,
+    ranked_runs,
 )
 from experiments.tracking import MODEL_NAME
 
@@ -44,7 +41,7 @@ PREVIOUS_ALIAS = "previous"
 MODEL_SUFFIX = "-movielens"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(CTRError, RuntimeError):
     """Promotion refused or impossible (the message says why and what to do)."""
 
 
@@ -214,8 +211,9 @@ def promote_best_run(
 ) -> PromotionResult:
     """Register the best finished run's model and point `alias` at it.
 
-    Raises CompareError (unknown experiment / metric) or PromotionError (refused:
-    the alias holder is better and force is False; or the run has no model).
+    Raises RunQueryError (unknown experiment / metric / filter, no finished runs) or
+    PromotionError (refused: the alias holder is better and force is False; or the
+    run has no model).
     """
     if metric.startswith("test_"):
         raise PromotionError(
@@ -225,12 +223,8 @@ def promote_best_run(
     if alias == PREVIOUS_ALIAS:
         raise PromotionError(f"alias {PREVIOUS_ALIAS!r} is reserved for the former holder")
     client = get_client(client)
-    exp = find_experiment(client, experiment)
-    runs = finished_runs(client, exp.experiment_id, filter_string)
-    if not runs:
-        raise CompareError(f"experiment {experiment!r} has no finished training runs to promote")
-    check_metric(runs, metric)
-    best = sort_runs(runs, metric)[0]
+    _, runs = ranked_runs(client, experiment, metric, filter_string, purpose=" to promote")
+    best = runs[0]
     value = metric_value(best, metric)
     name = model_name or registered_model_name(best)
 

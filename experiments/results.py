@@ -1,6 +1,7 @@
 """The README results table: every registered model, 3 seeds, mean and std.
 
     ctr results [--models deepfm,xdeepfm] [--seeds 1,2,3] [--readme README.md] [--update]
+    table = write_results(models="deepfm,fm", seeds="1")  # what `ctr results` calls
 
 Each run trains the model's default config (configs/<model>_movielens.yaml)
 with early stopping on validation; test metrics are those of the best
@@ -16,10 +17,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ctr.errors import CTRError, MissingFileError
+
+RESULTS_EXPERIMENT = "movielens-100k-results"  # where --track logs every run
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 
@@ -30,6 +34,11 @@ COLUMNS = [
     ("test_auc", "AUC", 4),
     ("best_val_ndcg_at_10", "val NDCG@10", 4),
 ]
+
+
+class ResultsError(CTRError):
+    """Bad `ctr results` input: an unknown model, a bad seed list, saved results
+    that are not a results JSON or average other seeds."""
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -126,7 +135,7 @@ def _check_same_seeds(previous: dict[str, Any], seeds: list[int], where: str) ->
     """Rows merged into `previous` must average the same seeds as its rows do."""
     held = list(previous.get("seeds", []))
     if held != list(seeds):
-        raise ValueError(
+        raise ResultsError(
             f"{where} holds seeds {held}, not {list(seeds)}; pass the same --seeds, "
             "or retrain every model without --update"
         )
@@ -136,10 +145,10 @@ def load_results_for_update(path: str | Path, seeds: list[int]) -> dict[str, Any
     """The saved results that `ctr results --update` merges into, checked before training."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--update merges into {path}, which does not exist; run without --update first"
         )
-    previous = json.loads(path.read_text())
+    previous = read_results(path)
     _check_same_seeds(previous, seeds, str(path))
     return previous
 
@@ -211,7 +220,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_readme_table(table: str, readme: str | Path) -> None:
+    """Put `table` between the results markers of `readme` (or append a Results section)."""
     readme = Path(readme)
+    _check_readme(readme)
     text = readme.read_text()
     block = f"{START}\n{table}\n{END}"
     if START in text and END in text:
@@ -231,3 +242,109 @@ def save_results(results: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+def _check_readme(readme: Path) -> None:
+    if not readme.is_file():
+        raise MissingFileError(
+            f"README to write the results table into not found: {readme}; pass --readme PATH"
+        )
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results JSON written by save_results (runs, popularity and seeds)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"results JSON not found: {path}")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not JSON ({exc}); pass a file ctr results wrote") from None
+    keys = sorted(results) if isinstance(results, dict) else type(results).__name__
+    if not isinstance(results, dict) or not {"runs", "popularity", "seeds"} <= set(results):
+        raise ResultsError(
+            f"expected a results JSON with runs, popularity and seeds in {path}, got {keys}; "
+            "pass a file ctr results wrote"
+        )
+    return results
+
+
+def parse_models(models: str | Sequence[str] = "all") -> list[str]:
+    """'all' (every registered model) or comma-separated names, checked against the registry."""
+    from ctr.models import list_models
+
+    if isinstance(models, str):
+        names = list_models() if models == "all" else [m.strip() for m in models.split(",")]
+    else:
+        names = list(models)
+    names = [n for n in names if n]
+    known = ", ".join(list_models())
+    if not names:
+        raise ResultsError(f"--models: expected one or more model names, got none; known: {known}")
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        raise ResultsError(f"--models: unknown models {unknown}; known: {known}")
+    return names
+
+
+def parse_seeds(seeds: str | Sequence[int] = "1,2,3") -> list[int]:
+    """Comma-separated seeds ('1,2,3') as a list of non-negative ints."""
+    if isinstance(seeds, str):
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ResultsError(
+                f"--seeds: expected comma-separated integers, got {seeds!r}"
+            ) from None
+    else:
+        seed_list = [int(s) for s in seeds]
+    if not seed_list or min(seed_list) < 0:
+        raise ResultsError(f"--seeds: expected one or more integers >= 0, got {seeds!r}")
+    return seed_list
+
+
+def write_results(
+    models: str | Sequence[str] = "all",
+    seeds: str | Sequence[int] = "1,2,3",
+    readme: str | Path = "README.md",
+    output: str | Path = "results/results.json",
+    overrides: Sequence[str] = (),
+    track: bool = True,
+    jobs: int = 1,
+    from_json: str | Path | None = None,
+    update: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
+    """`ctr results`: train, save the per-seed numbers, write the README table; return it.
+
+    from_json: re-render the table of a results JSON written earlier, without training.
+    update: retrain only `models` and replace their rows in `output`, keeping the others
+    (`output` must exist and hold the same seeds).
+    track: log every run to the MLflow experiment RESULTS_EXPERIMENT.
+    Input is checked before any training: unknown models, bad seeds, a missing
+    README or saved results raise ResultsError / MissingFileError.
+    """
+    if from_json:
+        results = read_results(from_json)
+        _check_readme(Path(readme))
+        table = format_table(results)
+        write_readme_table(table, readme)
+        return table
+    names = parse_models(models)
+    seed_list = parse_seeds(seeds)
+    previous = load_results_for_update(output, seed_list) if update else None
+    _check_readme(Path(readme))
+    outcome = run_results(
+        names,
+        seed_list,
+        overrides=list(overrides),
+        track=RESULTS_EXPERIMENT if track else None,
+        jobs=jobs,
+        log=log,
+    )
+    if previous is not None:
+        outcome = merge_results(previous, outcome)
+    save_results(outcome, output)
+    table = format_table(outcome)
+    write_readme_table(table, readme)
+    return table

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ctr.config import ConfigError, ExperimentConfig, load_config
+from ctr.errors import CTRError
 from ctr.utils import get_logger
 from experiments.tracking import ExtraModelLogger, MLflowCallback
 
@@ -35,7 +36,7 @@ _MAX_TAG_CHARS = 5000  # MLflow allows 8000 per tag value
 _SERVER_CHECK_TIMEOUT_S = 5
 
 
-class TrackingServerError(RuntimeError):
+class TrackingServerError(CTRError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 

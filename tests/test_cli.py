@@ -1,7 +1,9 @@
-"""The `ctr` click group: parsing, the MLproject's commands, fast help."""
+"""The `ctr` click group: parsing, the MLproject's commands, fast help, the override
+forms every command shares, and how errors reach the terminal."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -143,3 +145,145 @@ def test_config_errors_exit_1_without_traceback(tmp_path, monkeypatch):
         main, ["train", "--model", "fm", "--config", str(ROOT / "configs/deepfm_movielens.yaml")]
     )
     assert mismatch.exit_code == 1 and "model=deepfm" in mismatch.output
+
+
+# ------------------------------------------------------------- override forms
+# Two invalid values on real config keys: the config's validation names every key
+# it got, so both pairs reaching it shows in the message, and nothing is trained.
+OVERRIDE_FORMS = {
+    "repeated": ["--override", "training.num_epochs=0", "--override", "training.batch_size=0"],
+    "after one flag": ["--override", "training.num_epochs=0", "training.batch_size=0"],
+}
+
+
+def _override_command(command: str, tmp_path) -> list[str]:
+    if command == "train":
+        return ["train", "--model", "lr"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# ctr\n")
+    return ["results", "--models", "lr", "--seeds", "1", "--no-track"] + [
+        "--readme",
+        str(readme),
+        "--output",
+        str(tmp_path / "results.json"),
+    ]
+
+
+OVERRIDE_COMMANDS = ("train", "results")
+
+
+def test_every_command_with_overrides_is_tested_here():
+    takes = {
+        name
+        for name, cmd in main.commands.items()
+        if any(p.name == "overrides" for p in cmd.params)
+    }
+    assert takes == set(OVERRIDE_COMMANDS)
+    for name in takes:  # each gets both forms from the one shared option
+        params = {p.name: p for p in main.commands[name].params}
+        assert params["overrides"].multiple and params["more_overrides"].nargs == -1
+
+
+@pytest.mark.parametrize("form", list(OVERRIDE_FORMS))
+@pytest.mark.parametrize("command", OVERRIDE_COMMANDS)
+def test_overrides_reach_the_config_in_both_forms(command, form, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    args = [*_override_command(command, tmp_path), *OVERRIDE_FORMS[form]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "invalid configuration" in result.output
+    assert "training.num_epochs" in result.output and "training.batch_size" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("command", OVERRIDE_COMMANDS)
+def test_a_key_given_in_both_forms_is_a_usage_error(command, tmp_path):
+    args = _override_command(command, tmp_path)
+    result = CliRunner().invoke(
+        main, [*args, "--override", "seed=1", "--override", "a=2", "seed=3"]
+    )
+    assert result.exit_code == 2 and "['seed'] more than once" in result.output
+    stray = CliRunner().invoke(main, [*args, "--override", "seed=1", "oops"])
+    assert stray.exit_code == 2 and "expected KEY=VALUE overrides, got ['oops']" in stray.output
+
+
+# ------------------------------------------------------------- error handling
+def test_every_project_error_is_a_ctr_error_and_keeps_its_builtin_base():
+    """The CLI catches CTRError by type; every `class ...Error` of ctr/ and experiments/
+    must be one, and still the built-in error it was before."""
+    import importlib
+    import re
+
+    from ctr.errors import CTRError
+
+    found = {}
+    for path in sorted([*(ROOT / "ctr").rglob("*.py"), *(ROOT / "experiments").rglob("*.py")]):
+        for name in re.findall(r"^class (\w+Error)\(", path.read_text(), flags=re.M):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name] = getattr(importlib.import_module(module), name)
+    assert {"ConfigError", "DataNotFoundError", "RunQueryError", "PromotionError"} <= set(found)
+    assert {"ServingInputError", "TrackingServerError", "ResultsError"} <= set(found)
+    for name, cls in found.items():
+        assert issubclass(cls, CTRError), name
+        assert issubclass(cls, ValueError), name
+    assert issubclass(found["DataNotFoundError"], FileNotFoundError)
+    assert issubclass(found["PromotionError"], RuntimeError)
+    assert issubclass(found["TrackingServerError"], RuntimeError)
+    assert issubclass(found["TrainingDivergedError"], FloatingPointError)
+
+
+# The tests below run the real command line in a child process, so what they check
+# is what reaches the terminal. The user error: --from-json names a missing file.
+FAKE_BUG = (
+    "import experiments.results\n"
+    "def fake_failure(*args, **kwargs):\n"
+    "    raise ZeroDivisionError('a fake failure standing in for a bug')\n"
+    "experiments.results.format_table = fake_failure\n"
+)
+
+
+def _ctr(args: list[str], tmp_path, setup: str = "", **env: str) -> subprocess.CompletedProcess:
+    code = f"{setup}import sys\nfrom experiments.cli import main\nmain(sys.argv[1:], prog_name='ctr')\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(None, PYTHONPATH=str(ROOT), **env),
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("env", [{}, {"CTR_DEBUG": "0"}])
+def test_a_user_error_is_one_line_and_exit_1(tmp_path, env):
+    (tmp_path / "README.md").write_text("# ctr\n")
+    proc = _ctr(["results", "--from-json", "missing.json"], tmp_path, **env)
+    assert proc.returncode == 1
+    assert proc.stderr == "Error: results JSON not found: missing.json\n"
+
+
+@pytest.mark.parametrize("how", ["--debug", "CTR_DEBUG=1"])
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path, how):
+    (tmp_path / "README.md").write_text("# ctr\n")
+    flag, env = (["--debug"], {}) if how == "--debug" else ([], {"CTR_DEBUG": "1"})
+    proc = _ctr([*flag, "results", "--from-json", "missing.json"], tmp_path, **env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):")
+    assert "ctr.errors.MissingFileError: results JSON not found: missing.json" in proc.stderr
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """format_table is replaced by a fake failure (ZeroDivisionError): not a project
+    error, so no one-line message hides where it came from."""
+    (tmp_path / "README.md").write_text("# ctr\n")
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"runs": {}, "popularity": {}, "seeds": [1]}))
+    proc = _ctr(["results", "--from-json", str(saved)], tmp_path, setup=FAKE_BUG)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):")
+    assert "in write_results" in proc.stderr
+    assert proc.stderr.rstrip().endswith("ZeroDivisionError: a fake failure standing in for a bug")
+    assert not any(line.startswith("Error:") for line in proc.stderr.splitlines())

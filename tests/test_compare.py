@@ -13,13 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from experiments.cli import main
-from experiments.compare import (
-    LAUNCHER_PARAMS,
-    compare_url,
-    differing_params,
-    lower_is_better,
-    param_name,
-)
+from experiments.compare import LAUNCHER_PARAMS, compare_url, differing_params, param_name
 from tests.conftest import ROOT, TrainedExperiment, tracking_env
 
 
@@ -29,9 +23,7 @@ def test_compare_url_only_for_servers():
     assert compare_url("sqlite:///mlflow.db", "3", ["a1"]) is None
 
 
-def test_metric_direction_and_param_names():
-    assert lower_is_better("val_logloss") and lower_is_better("train_loss")
-    assert not lower_is_better("val_ndcg_at_10") and not lower_is_better("test_auc")
+def test_param_names():
     assert param_name("params.model") == "model" and param_name("seed") == "seed"
 
 

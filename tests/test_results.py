@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ctr.errors import MissingFileError
 from experiments.cli import main
-from experiments.results import END, START, format_table, merge_results, write_readme_table
+from experiments.results import (
+    END,
+    START,
+    ResultsError,
+    format_table,
+    merge_results,
+    write_readme_table,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +88,41 @@ def test_results_rejects_an_unknown_model(tmp_path):
     out = CliRunner().invoke(main, ["results", "--models", "nope", "--readme", str(tmp_path)])
     assert out.exit_code != 0
     assert "unknown models ['nope']" in out.output and "deepfm" in out.output
+
+
+def test_bad_input_is_refused_before_any_training(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# ctr\n\n{START}\n{END}\n")
+    where = {"readme": readme, "output": tmp_path / "results.json", "track": False}
+    with pytest.raises(ResultsError, match="--seeds: expected comma-separated integers, got '1,x'"):
+        write_results("lr", "1,x", **where)
+    with pytest.raises(ResultsError, match="--seeds: expected one or more integers >= 0"):
+        write_results("lr", "-1", **where)
+    with pytest.raises(ResultsError, match="--models: expected one or more model names, got none"):
+        write_results(" , ", "1", **where)
+    with pytest.raises(
+        ResultsError, match="--models: unknown models \\['nope'\\]; known: .*deepfm"
+    ):
+        write_results("lr,nope", "1", **where)
+    with pytest.raises(MissingFileError, match="README .* not found: .*nope.md; pass --readme"):
+        write_results("lr", "1", **{**where, "readme": tmp_path / "nope.md"})
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_from_json_needs_a_results_json(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# ctr\n")
+    with pytest.raises(MissingFileError, match="results JSON not found"):
+        write_results(from_json=tmp_path / "nope.json", readme=readme)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError, match="runs, popularity and seeds .* got list"):
+        write_results(from_json=tmp_path / "list.json", readme=readme)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ResultsError, match="is not JSON"):
+        write_results(from_json=tmp_path / "broken.json", readme=readme)
+    out = CliRunner().invoke(main, ["results", "--from-json", str(tmp_path / "broken.json")])
+    assert out.exit_code == 1 and "is not JSON" in out.output and "Traceback" not in out.output
+    assert readme.read_text() == "# ctr\n"
 
 
 @pytest.mark.slow

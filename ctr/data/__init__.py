@@ -17,6 +17,7 @@ from ctr.data.movielens import DataNotFoundError, MovieLensAdapter, MovieLensPre
 from ctr.data.sampling import NegativeSamplingTrainSet
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.data.transforms import LabelEncoder, MinMaxScaler, MultiHotEncoder, encoder_from_dict
+from ctr.errors import CTRError
 
 _ADAPTERS: dict[str, type] = {}
 
@@ -49,7 +50,7 @@ def get_adapter(
     to their defaults (ctr.config.DataConfig / FeatureConfig).
     """
     if name not in _ADAPTERS:
-        raise ValueError(
+        raise CTRError(
             f"unknown data set {name!r}; known data sets: {', '.join(available_adapters())}"
         )
     from ctr.config import DataConfig, FeatureConfig

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ctr.config import ExperimentConfig
 from ctr.data.schema import DatasetSchema
+from ctr.errors import CTRError
 from ctr.models.attention_deepfm import AttentionDeepFM
 from ctr.models.base import MODEL_REGISTRY, BaseCTRModel, register_model
 from ctr.models.deepfm import DeepFM
@@ -29,7 +30,7 @@ def create_model(name: str, schema: DatasetSchema, config: ExperimentConfig) -> 
     try:
         cls = MODEL_REGISTRY[name]
     except KeyError:
-        raise ValueError(f"expected a model name in {list_models()}, got {name!r}") from None
+        raise CTRError(f"expected a model name in {list_models()}, got {name!r}") from None
     return cls(schema, config)
 
 

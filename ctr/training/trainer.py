@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from ctr.config import ExperimentConfig
+from ctr.config import ConfigError, ExperimentConfig
 from ctr.data.schema import DatasetSchema
+from ctr.errors import CTRError, TrainingDivergedError
 from ctr.training.callbacks import Callback, TrainingContext
 from ctr.utils import get_logger, load_checkpoint, save_checkpoint
 
@@ -57,9 +58,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("training.device=cuda but CUDA is not available; use auto or cpu")
+        raise ConfigError("training.device=cuda but CUDA is not available; use auto or cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("training.device=mps but MPS is not available; use auto or cpu")
+        raise ConfigError("training.device=mps but MPS is not available; use auto or cpu")
     return torch.device(name)
 
 
@@ -264,7 +265,7 @@ class Trainer:
                 progress.update(i + 1, float(total) / count)
         mean_loss = float(total) / max(count, 1)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"training loss became {mean_loss} in epoch {epoch}; lower "
                 f"training.learning_rate (now {cfg.learning_rate}) or set training.grad_clip_norm"
             )
@@ -341,7 +342,7 @@ class Trainer:
         """Continue from a checkpoint written by this trainer (best.pt or last.pt)."""
         state = load_checkpoint(path, self.device)
         if state.get("model_name") != self.config.model_name:
-            raise ValueError(
+            raise CTRError(
                 f"checkpoint {path} holds model {state.get('model_name')!r}, "
                 f"but the config trains {self.config.model_name!r}"
             )
@@ -403,7 +404,7 @@ class Trainer:
                 metrics["epoch_seconds"] = train_seconds
                 metrics["eval_seconds"] = time.perf_counter() - t1
                 if self.monitor not in metrics:
-                    raise ValueError(
+                    raise ConfigError(
                         f"training.monitor={self.monitor!r} is not a validation metric; "
                         f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
                     )
@@ -578,7 +579,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict[str, floa
     _, schema, _, val_ds, test_ds = build_data(config)
     saved_schema = DatasetSchema.from_dict(state["schema"])
     if saved_schema != schema:
-        raise ValueError(
+        raise CTRError(
             f"checkpoint {path} was trained on a different schema than the data builds now "
             f"({saved_schema.field_names} vs {schema.field_names}); were the data files changed?"
         )

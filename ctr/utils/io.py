@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ctr.errors import MissingFileError
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` with torch.save atomically: a temp file in the same
@@ -30,7 +32,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     """Load a checkpoint written by save_checkpoint onto `device`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     # weights_only=False: checkpoints hold the config and schema dicts and RNG
     # states next to the tensors; only load checkpoints you wrote yourself.
     return torch.load(path, map_location=device, weights_only=False)
