@@ -15,15 +15,15 @@ Protocol (see DESIGN.md, "Data: MovieLens-100K protocol"):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ctr.data.dataset import Batch, EvalSplit
+from ctr.training.scoring import CatalogueScorer, Model, forward_logits
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
-Model = torch.nn.Module | Callable[[Batch], torch.Tensor]
 
 _EPS = 1e-7  # probability clipping for LogLoss
 
@@ -311,11 +311,6 @@ class RankingEvaluator:
         self._num_rows = U * C
 
         if full_ranking:
-            overlap = sorted(set(split.user_features) & set(split.item_features))
-            if overlap:
-                raise ValueError(
-                    f"expected disjoint user and item feature fields, got {overlap} in both"
-                )
             n_items = len(split.item_ids)
             for k, v in split.item_features.items():
                 if v.shape[0] != n_items:
@@ -325,17 +320,14 @@ class RankingEvaluator:
             for k, v in split.user_features.items():
                 if v.shape[0] != U:
                     raise ValueError(f"user feature {k!r}: expected {U} rows, got {v.shape[0]}")
-            self._num_items = n_items
-            self._chunk_users = max(1, min(U, self.batch_size // n_items))
-            n = self._chunk_users
             self._users: Batch = {k: v.to(dev) for k, v in split.user_features.items()}
-            # a full chunk's catalogue, tiled once: row j*I + i is item i
-            self._tiled_items: Batch = {
-                k: v.to(dev).repeat(n, *([1] * (v.dim() - 1)))  # (n * I, ...)
-                for k, v in split.item_features.items()
-            }
-            # local user of each row in a full chunk: [0]*I + [1]*I + ...
-            self._user_repeat = torch.arange(n, device=dev).repeat_interleave(n_items)  # (n * I,)
+            # the catalogue, tiled once for a chunk of max(1, batch_size // I) users
+            self._catalogue = CatalogueScorer(
+                {k: v.to(dev) for k, v in split.item_features.items()},
+                chunk_rows=self.batch_size,
+                max_users=U,
+            )
+            self._catalogue.check_users(self._users)
             positive_index = np.asarray(split.positive_item_index, dtype=np.int64)
             if (
                 positive_index.shape != (U,)
@@ -349,36 +341,19 @@ class RankingEvaluator:
             self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
             self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
 
-    @staticmethod
-    def _forward(model: Model, batch: Batch, rows: int) -> torch.Tensor:
-        logits = model(batch)
-        if logits.numel() != rows:
-            raise ValueError(
-                f"expected the model to return logits of shape ({rows}, 1), "
-                f"got {tuple(logits.shape)}"
-            )
-        return logits.reshape(rows).float()
-
     def _score_candidates(self, model: Model) -> torch.Tensor:
         """(U * C,) logits of the sampled candidates."""
         out = torch.empty(self._num_rows, device=self.device)
         for start in range(0, self._num_rows, self.batch_size):
             end = min(start + self.batch_size, self._num_rows)
             batch = {k: v[start:end] for k, v in self._candidates.items()}
-            out[start:end] = self._forward(model, batch, end - start)
+            out[start:end] = forward_logits(model, batch, end - start)
         return out
 
     def _full_ranks(self, model: Model) -> torch.Tensor:
         """(U,) rank of each positive against the catalogue minus exclusions."""
-        U, n_items, n = self.split.num_users, self._num_items, self._chunk_users
-        ranks = torch.empty(U, dtype=torch.int64, device=self.device)
-        for start in range(0, U, n):
-            end = min(start + n, U)
-            rows = (end - start) * n_items
-            user_index = self._user_repeat[:rows] + start  # (rows,)
-            batch = {k: v.index_select(0, user_index) for k, v in self._users.items()}
-            batch.update({k: v[:rows] for k, v in self._tiled_items.items()})
-            scores = self._forward(model, batch, rows).view(end - start, n_items)  # (u, I)
+        ranks = torch.empty(self.split.num_users, dtype=torch.int64, device=self.device)
+        for start, end, scores in self._catalogue.chunks(model, self._users):  # (u, I)
             if torch.isnan(scores).any():
                 raise ValueError(
                     f"{self.split.name}: the model produced NaN logits (did training diverge?)"
