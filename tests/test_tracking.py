@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from tests.conftest import (
     tracking_env,
     wait_until_answers,
 )
+from tests.readme_blocks import readme_blocks, readme_commands
 
 EPOCH_METRICS = [
     "train_loss",
@@ -438,26 +438,6 @@ def test_mlflow_run_against_the_embedded_default(tmp_path):
 README_SECTION = "## Tracking, comparing and promoting"
 
 
-def readme_blocks(language: str) -> list[str]:
-    """The code blocks of one language in the README's tracking section."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(README_SECTION) :]
-    following = section.find("\n## ", len(README_SECTION))
-    section = section if following < 0 else section[:following]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
-
-
-def readme_commands() -> list[str]:
-    """Shell commands of the section, without comments (a source line is skipped)."""
-    lines = []
-    for block in readme_blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line and not line.startswith("source "):
-                lines.append(line)
-    return lines
-
-
 @pytest.mark.slow
 def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
     """The README's commands in a fresh directory, with no MLFLOW_TRACKING_URI.
@@ -470,7 +450,7 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
 
     from experiments.cli import main
 
-    commands = readme_commands()
+    commands = readme_commands(README_SECTION)
     executed: set[str] = set()
     (tmp_path / "configs").mkdir()
     for path in (ROOT / "configs").glob("*.yaml"):
@@ -559,7 +539,7 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
     assert result.output.strip().splitlines()[-1] == "models:/deepfm-movielens@champion"
 
     # 5. the loading snippet, verbatim, in a fresh process
-    (snippet,) = readme_blocks("python")
+    (snippet,) = readme_blocks(README_SECTION, "python")
     (tmp_path / "snippet.py").write_text(snippet)
     proc = subprocess.run(
         [sys.executable, "snippet.py"], env=env, cwd=tmp_path, capture_output=True, text=True
