@@ -70,14 +70,14 @@ def build_recommender(model_name: str, directory: Path) -> str:
     from ctr.config import load_config
     from ctr.models import create_model
     from ctr.training.trainer import build_data
-    from experiments.serving import save_recommender, training_interactions
+    from experiments.serving import save_recommender
 
     config = load_config(ROOT / "configs" / f"{model_name}_movielens.yaml", [])
     adapter, schema, *_ = build_data(config)
     torch.manual_seed(config.seed)
     model = create_model(config.model_name, schema, config).eval()
     path = directory / model_name
-    return save_recommender(path, model, adapter.preprocessor, training_interactions(config))
+    return save_recommender(path, model, adapter.preprocessor, adapter.train_interactions)
 
 
 def requests() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -338,6 +338,7 @@ class MLflowCallback(Callback):
             summary=summary,
             history=list(self.history),
             preprocessor=ctx.preprocessor,
+            train_interactions=ctx.train_interactions,
             val_split=ctx.val_split,
             test_split=ctx.test_split,
         )

@@ -1,13 +1,14 @@
-"""Serving: the recommender pyfunc in-process, from the registry, and over HTTP.
+"""Serving through MLflow: the recommender pyfunc in-process, from the registry, over HTTP.
 
-The fast tests use an untrained tiny DeepFM on the real ml-100k encoders; the
-slow ones use the session's tracked runs and a real `mlflow models serve`.
+The fast tests save an untrained tiny DeepFM's recommender as an MLflow model
+directory and train one tiny epoch; the slow ones use the session's tracked
+runs and a real `mlflow models serve`. The recommender itself (ctr.serving) is
+tested in tests/test_recommender.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import urllib.error
@@ -30,202 +31,87 @@ from tests.conftest import (
     tracking_env,
     wait_until_answers,
 )
+from tests.readme_blocks import readme_blocks, readme_commands
+from tests.test_recommender import (
+    UNKNOWN_MOVIE,
+    UNKNOWN_USER,
+    check_top_k_against_brute_force,
+    tiny_recommender,
+)
 
-UNKNOWN_USER = 99_999
-UNKNOWN_MOVIE = 99_999
 README_SECTION = "## Serving"
 
 
-# --------------------------------------------------------------------- helpers
-def brute_force_top_k(
-    score, item_ids: np.ndarray, seen: set[int], user_id: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Score every (user, item) pair in scores mode, drop `seen`, sort by (-score, id)."""
-    frame = pd.DataFrame({"user_id": np.full(len(item_ids), user_id), "movie_id": item_ids})
-    scores = score(frame)["score"].to_numpy()
-    keep = ~np.isin(item_ids, sorted(seen))
-    ids, kept = item_ids[keep], scores[keep]
-    order = np.lexsort((ids, -kept))[:k]
-    return ids[order], kept[order]
+def training_split() -> pd.DataFrame:
+    """The training interactions (user_id, movie_id) of the data files, derived here
+    independently of the adapter: every rating but each user's last two by time."""
+    from ctr.data.movielens import leave_one_out_split, read_movielens
+
+    ratings = leave_one_out_split(read_movielens(ROOT / "data" / "ml-100k").ratings)
+    train = ratings[ratings["split"] == "train"]
+    return train[["user_id", "movie_id"]].reset_index(drop=True)
 
 
-def seen_items(train: pd.DataFrame, user_id: int) -> set[int]:
-    return set(train.loc[train["user_id"] == user_id, "movie_id"].tolist())
+def pairs(frame: pd.DataFrame) -> set[tuple[int, int]]:
+    return set(zip(frame["user_id"].tolist(), frame["movie_id"].tolist(), strict=True))
 
 
-def check_top_k_against_brute_force(predict, item_ids, train, users, k) -> None:
-    top = predict(pd.DataFrame({"user_id": users, "k": [k] * len(users)}))
-    assert list(top.columns) == ["user_id", "rank", "movie_id", "title", "score"]
-    for user in users:
-        mine = top[top["user_id"] == user]
-        assert mine["rank"].tolist() == list(range(1, k + 1))
-        ids, scores = brute_force_top_k(predict, item_ids, seen_items(train, user), user, k)
-        np.testing.assert_allclose(mine["score"].to_numpy(), scores, rtol=0, atol=1e-6)
-        assert mine["movie_id"].tolist() == ids.tolist(), user
-
-
-# ------------------------------------------------------------ fast: the core
+# ------------------------------------------------------------ fast: the wrapper
 @pytest.fixture(scope="module")
-def tiny():
-    """An untrained tiny DeepFM with the real encoders, tables and training split."""
+def tiny() -> SimpleNamespace:
+    return tiny_recommender()
+
+
+def test_fit_carries_the_adapters_training_split_to_the_loggers(tmp_path):
     from ctr.config import load_config
-    from ctr.models import create_model
-    from ctr.training.trainer import build_data
-    from experiments.serving import Recommender
+    from ctr.training import Callback, fit
 
-    config = load_config(ROOT / "configs" / "deepfm_movielens.yaml", FAST_OVERRIDES)
-    adapter, schema, *_ = build_data(config)
-    torch.manual_seed(0)
-    model = create_model(config.model_name, schema, config).eval()
-    train = adapter.train_interactions[["user_id", "movie_id"]]
-    recommender = Recommender(model, adapter.preprocessor, train)
-    return SimpleNamespace(
-        config=config,
-        adapter=adapter,
-        model=model,
-        pre=adapter.preprocessor,
-        train=train,
-        rec=recommender,
-        item_ids=adapter.preprocessor.item_ids,
-    )
+    seen = {}
+
+    class Recording(Callback):
+        def on_train_begin(self, context):
+            seen["context"] = context.train_interactions
+
+    config = load_config(ROOT / "configs" / "lr_movielens.yaml", FAST_OVERRIDES)
+    result = fit(config, callbacks=[Recording()], checkpoint_dir=tmp_path)
+    expected = pairs(training_split())
+    assert len(expected) == 98_114
+    assert pairs(seen["context"]) == pairs(result.train_interactions) == expected
+    assert len(result.train_interactions) == len(expected)
 
 
-def test_training_interactions_are_the_adapters_training_split(tiny):
-    from experiments.serving import training_interactions
+def test_saved_pyfunc_model_answers_like_the_recommender(tiny, tmp_path):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
-    mine = training_interactions(tiny.config)
-    pairs = set(zip(mine["user_id"], mine["movie_id"], strict=True))
-    expected = set(zip(tiny.train["user_id"], tiny.train["movie_id"], strict=True))
-    assert pairs == expected and len(mine) == len(tiny.train) == 98_114
+    from experiments.serving import save_recommender
 
-
-def test_scores_equal_the_model_on_encoded_rows_unknown_ids_included(tiny):
-    never_trained = tiny.item_ids[tiny.pre.catalogue_features()["movie_id"] == 0]
-    assert len(never_trained) == 5  # in the catalogue, never in a training row
-    rows = pd.DataFrame(
-        {
-            "user_id": [196, 196, 1, UNKNOWN_USER, 196, 1],
-            "movie_id": [242, 302, 50, 50, UNKNOWN_MOVIE, never_trained[0]],
-        }
-    )
-    batch = {k: torch.as_tensor(v) for k, v in tiny.pre.encode_frame(rows).items()}
-    expected = tiny.model.predict(batch).squeeze(1).numpy()
-    got = tiny.rec.predict(rows)
-    assert list(got.columns) == ["score"] and len(got) == len(rows)
-    np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=0, atol=1e-7)
-    assert np.isfinite(got["score"]).all() and ((got["score"] > 0) & (got["score"] < 1)).all()
-    assert batch["user_id"][3] == 0 and batch["movie_id"][4] == 0  # the OOV index
-
-
-def test_top_k_equals_a_brute_force_sort_and_skips_training_items(tiny):
-    check_top_k_against_brute_force(tiny.rec.predict, tiny.item_ids, tiny.train, [196, 1], 10)
-    # an unknown user has no training items: all of the catalogue is rankable
-    unknown = tiny.rec.predict(pd.DataFrame({"user_id": [UNKNOWN_USER], "k": [5]}))
-    ids, _ = brute_force_top_k(tiny.rec.predict, tiny.item_ids, set(), UNKNOWN_USER, 5)
-    assert unknown["movie_id"].tolist() == ids.tolist()
-
-
-def test_exclude_seen_removes_exactly_the_training_items(tiny):
-    everything = len(tiny.item_ids)
-    seen = seen_items(tiny.train, 196)
-    request = pd.DataFrame({"user_id": [196, 196], "k": [everything] * 2})
-    request["exclude_seen"] = [True, False]
-    top = tiny.rec.predict(request)
-    excluded = top[: everything - len(seen)]
-    assert set(excluded["movie_id"]) == set(tiny.item_ids) - seen
-    assert excluded["user_id"].eq(196).all()
-    assert len(top) == 2 * everything - len(seen)  # k beyond what is left: what is left
-    # held-out (val / test) items are not "seen": they stay recommendable
-    held_out = tiny.adapter.split_interactions("test")
-    test_item = int(held_out.loc[held_out["user_id"] == 196, "movie_id"].iloc[0])
-    assert test_item not in seen and test_item in set(excluded["movie_id"])
-    scores = excluded["score"].to_numpy()
-    assert (np.diff(scores) <= 0).all()
-
-
-def test_side_features_are_used_for_unknown_ids_only(tiny):
-    base = pd.DataFrame({"user_id": [196, UNKNOWN_USER], "movie_id": [242, 242]})
-    side = base.assign(gender=["F", "F"], age=[23, 23], occupation=["artist"] * 2)
-    side["zip_code"] = ["02139", "02139"]
-    plain, with_side = tiny.rec.predict(base)["score"], tiny.rec.predict(side)["score"]
-    assert with_side[0] == plain[0]  # known user: the bundled table wins
-    assert with_side[1] != plain[1]  # unknown user: the caller's side features count
-    expected_fields = tiny.pre.encode_frame(side.iloc[[1]])
-    batch = {k: torch.as_tensor(v) for k, v in expected_fields.items()}
-    assert with_side[1] == pytest.approx(float(tiny.model.predict(batch)), abs=1e-7)
-    # genres for an unknown movie: a list or "A|B" alike
-    movie = pd.DataFrame({"user_id": [196, 196], "movie_id": [UNKNOWN_MOVIE] * 2})
-    movie["genres"] = [["Comedy", "Drama"], "Comedy|Drama"]
-    genres_scores = tiny.rec.predict(movie)["score"]
-    no_genres = tiny.rec.predict(movie.drop(columns="genres"))["score"]
-    assert genres_scores[0] == genres_scores[1] != no_genres[0]
-    # top-K for an unknown user with side features
-    top = tiny.rec.predict(pd.DataFrame({"user_id": [UNKNOWN_USER], "k": [3], "gender": ["F"]}))
-    assert len(top) == 3
-
-
-@pytest.mark.parametrize(
-    ("frame", "names"),
-    [
-        (pd.DataFrame({"movie_id": [1]}), "'user_id'"),
-        (pd.DataFrame({"user_id": [1]}), "'movie_id'"),
-        (pd.DataFrame({"user_id": ["abc"], "movie_id": [1]}), "'user_id'"),
-        (pd.DataFrame({"user_id": [1.5], "movie_id": [1]}), "'user_id'"),
-        (pd.DataFrame({"user_id": [1], "movie_id": [None]}), "'movie_id'"),
-        (pd.DataFrame({"user_id": [1], "k": [0]}), "'k'"),
-        (pd.DataFrame({"user_id": [1], "k": ["ten"]}), "'k'"),
-        (pd.DataFrame({"user_id": [1], "k": [3], "exclude_seen": ["no"]}), "'exclude_seen'"),
-        (pd.DataFrame({"user_id": [1], "movie_id": [1], "k": [3]}), "'movie_id'"),
-        (pd.DataFrame({"user_id": [1], "movie_id": [1], "age": ["old"]}), "'age'"),
-        (pd.DataFrame({"user_id": [1], "movie_id": [1], "genres": [3]}), "'genres'"),
-    ],
-)
-def test_bad_requests_raise_an_error_naming_the_column(tiny, frame, names):
-    from experiments.serving import ServingInputError
-
-    with pytest.raises(ServingInputError, match=names):
-        tiny.rec.predict(frame)
-
-
-def test_saved_artifacts_load_back_to_the_same_answers(tiny, tmp_path):
-    from experiments.serving import Recommender
-
-    paths = tiny.rec.save(tmp_path)
-    loaded = Recommender.load(paths)
+    path = save_recommender(tmp_path / "recommender", tiny.model, tiny.pre, tiny.train)
+    model = mlflow.pyfunc.load_model(path)
+    assert pairs(model.unwrap_python_model().recommender.train_items) == pairs(tiny.train)
     rows = pd.DataFrame({"user_id": [196, 1, UNKNOWN_USER], "movie_id": [242, 50, 1]})
-    pd.testing.assert_frame_equal(loaded.predict(rows), tiny.rec.predict(rows))
-    request = pd.DataFrame({"user_id": [196, 5], "k": [7, 7]})
-    pd.testing.assert_frame_equal(loaded.predict(request), tiny.rec.predict(request))
+    pd.testing.assert_frame_equal(model.predict(rows), tiny.rec.predict(rows))
+    request = pd.DataFrame({"user_id": [196, UNKNOWN_USER], "k": [5, 3]})
+    pd.testing.assert_frame_equal(model.predict(request), tiny.rec.predict(request))
+    with pytest.raises(MlflowException, match="'k'") as info:
+        model.predict(pd.DataFrame({"user_id": [196], "k": [0]}))
+    assert info.value.get_http_status_code() == 400
 
 
-def test_a_forward_pass_leaves_torchs_thread_setting_alone(tiny):
-    before = torch.get_num_threads()
-    tiny.rec.predict(pd.DataFrame({"user_id": [196], "k": [3]}))
-    assert torch.get_num_threads() == before
+def test_log_recommender_needs_the_training_interactions(tiny):
+    from ctr.training import TrainResult
+    from experiments.serving import log_recommender
 
-
-def test_empty_requests_give_empty_frames(tiny):
-    scores = tiny.rec.predict(pd.DataFrame({"user_id": [], "movie_id": []}, dtype="int64"))
-    top = tiny.rec.predict(pd.DataFrame({"user_id": [], "k": []}, dtype="int64"))
-    assert len(scores) == 0 and list(scores.columns) == ["score"]
-    assert len(top) == 0 and list(top.columns) == ["user_id", "rank", "movie_id", "title", "score"]
-
-
-def test_recommendations_print_as_a_table():
-    from experiments.serving import format_recommendations
-
-    table = pd.DataFrame(
-        {
-            "user_id": [196, 196],
-            "rank": [1, 2],
-            "movie_id": [50, 181],
-            "title": ["Star Wars (1977)", "Return of the Jedi (1983)"],
-            "score": [0.91234, 0.5],
-        }
+    result = TrainResult(
+        model=tiny.model,
+        schema=tiny.model.schema,
+        config=tiny.config,
+        summary={},
+        history=[],
+        preprocessor=tiny.pre,
     )
-    text = format_recommendations(table, 196, "models:/x@champion").splitlines()
-    assert text[0] == "top 2 movies for user 196 (models:/x@champion):"
-    assert text[2].split() == ["1", "0.9123", "50", "Star", "Wars", "(1977)"]
+    with pytest.raises(ValueError, match="training interactions"):
+        log_recommender("run-1", result)
 
 
 # ------------------------------------------------- slow: the session's runs
@@ -248,7 +134,6 @@ def logged(trained_experiment: TrainedExperiment):
     import mlflow.pytorch
 
     from ctr.data import MovieLensPreprocessor
-    from experiments.serving import training_interactions
 
     exp = trained_experiment
     run_id = exp.runs["deepfm"]
@@ -259,12 +144,11 @@ def logged(trained_experiment: TrainedExperiment):
         model = mlflow.pytorch.load_model(f"models:/{_logged_model_id(exp, run_id, 'model')}")
         encoders = mlflow.artifacts.load_dict(f"runs:/{run_id}/data/encoders.json")
     pre = MovieLensPreprocessor.from_dict(encoders)
-    config = recommender.unwrap_python_model().recommender.model.config
     return SimpleNamespace(
         recommender=recommender,
         model=model,
         pre=pre,
-        train=training_interactions(config),
+        train=training_split(),
         item_ids=pre.item_ids,
     )
 
@@ -311,6 +195,9 @@ def test_logged_recommender_scores_like_the_logged_pytorch_model(logged):
 
 @pytest.mark.slow
 def test_logged_recommender_top_k_equals_a_brute_force_sort(logged):
+    # the run carried its training split into the logged model: top-K skips exactly it
+    bundled = logged.recommender.unwrap_python_model().recommender.train_items
+    assert pairs(bundled) == pairs(logged.train) and len(bundled) == len(logged.train)
     predict = logged.recommender.predict
     check_top_k_against_brute_force(predict, logged.item_ids, logged.train, [196, 405], 10)
 
@@ -365,26 +252,6 @@ def test_promote_moves_the_recommender_alias_with_the_model(trained_experiment: 
 
 
 # --------------------------------------------------- slow: a real model server
-def readme_serving_blocks(language: str) -> list[str]:
-    """The code blocks of one language in the README's serving section."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(README_SECTION) :]
-    following = section.find("\n## ", len(README_SECTION))
-    section = section if following < 0 else section[:following]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
-
-
-def readme_serving_commands() -> list[str]:
-    """Shell commands of the README's serving section, without comments."""
-    lines = []
-    for block in readme_serving_blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line:
-                lines.append(line)
-    return lines
-
-
 def http_post(url: str, payload: bytes | str | dict) -> tuple[int, dict]:
     body = payload if isinstance(payload, bytes | str) else json.dumps(payload)
     data = body.encode() if isinstance(body, str) else body
@@ -417,7 +284,7 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
     from experiments.cli import main
 
     exp = trained_experiment
-    commands = readme_serving_commands()
+    commands = readme_commands(README_SECTION)
     (promote_cmd,) = [c for c in commands if c.startswith("ctr promote")]
     (serve_cmd,) = [c for c in commands if c.startswith("mlflow models serve")]
     curls = [c for c in commands if c.startswith("curl")]
@@ -512,7 +379,7 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
         assert [line.split(None, 3)[3] for line in lines[2:]] == top["title"].tolist()
 
         # the README's Python snippet, in-process
-        (snippet,) = readme_serving_blocks("python")
+        (snippet,) = readme_blocks(README_SECTION, "python")
         namespace: dict = {}
         with tracking_env(exp.uri):
             exec(compile(snippet, "README.md", "exec"), namespace)

@@ -46,6 +46,8 @@ class TrainingContext:
     test_split: EvalSplit | None = None
     # JSON-able encoders and side-feature tables of the data set (adapter-specific)
     preprocessor: Any = None
+    # the training interactions (raw user_id, movie_id) of the data set, if it has them
+    train_interactions: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

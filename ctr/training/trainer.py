@@ -146,6 +146,8 @@ class Trainer:
         checkpoint_dir: where best.pt / last.pt go (default: a fresh directory
             under config.training.checkpoint_dir).
         preprocessor: data-set encoders, passed on to callbacks.
+        train_interactions: the data set's training interactions (raw user_id,
+            movie_id), passed on to callbacks (a recommender skips them in top-K).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class Trainer:
         callbacks: list[Callback] | None = None,
         checkpoint_dir: str | Path | None = None,
         preprocessor: Any = None,
+        train_interactions: Any = None,
     ) -> None:
         from ctr.training.metrics import RankingEvaluator
 
@@ -168,6 +171,7 @@ class Trainer:
         self.train_ds, self.val_ds, self.test_ds = train_ds, val_ds, test_ds
         self.callbacks = list(callbacks or [])
         self.preprocessor = preprocessor
+        self.train_interactions = train_interactions
         if self.cfg.num_threads is not None:
             torch.set_num_threads(self.cfg.num_threads)
         self.device = resolve_device(self.cfg.device)
@@ -385,6 +389,7 @@ class Trainer:
             val_split=self.val_ds,
             test_split=self.test_ds,
             preprocessor=self.preprocessor,
+            train_interactions=self.train_interactions,
         )
         try:
             if cfg.resume_from:
@@ -504,6 +509,7 @@ class TrainResult:
     summary: dict[str, Any]
     history: list[dict[str, float]]
     preprocessor: Any = None
+    train_interactions: Any = None  # the adapter's training split (raw user_id, movie_id)
     val_split: Any = None
     test_split: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -553,6 +559,7 @@ def fit(
         callbacks=callbacks,
         checkpoint_dir=checkpoint_dir,
         preprocessor=getattr(adapter, "preprocessor", None),
+        train_interactions=getattr(adapter, "train_interactions", None),
     )
     summary = trainer.fit()
     return TrainResult(
@@ -562,6 +569,7 @@ def fit(
         summary=summary,
         history=trainer.history,
         preprocessor=getattr(adapter, "preprocessor", None),
+        train_interactions=trainer.train_interactions,
         val_split=val_ds,
         test_split=test_ds,
     )
