@@ -139,8 +139,8 @@ class Trainer:
         model: a ctr model (forward(batch) -> logits (B, 1), get_l2_reg_loss()).
         schema: the data set's schema (saved in checkpoints).
         config: the resolved ExperimentConfig.
-        train_ds: has sample_epoch(epoch, seed) -> TabularDataset whose rows
-            [0, N) are positives and row N + i*K + j is negative j of positive i.
+        train_ds: a NegativeSamplingTrainSet: sample_epoch(epoch, seed) gives the
+            epoch's rows; row_weights and group_rows say how they are laid out.
         val_ds, test_ds: EvalSplit objects (see ctr.data.dataset).
         callbacks: Callback instances, called in order.
         checkpoint_dir: where best.pt / last.pt go (default: a fresh directory
@@ -192,7 +192,7 @@ class Trainer:
         if self.cfg.recency_half_life is not None:
             w = train_ds.recency_weights(self.cfg.recency_half_life, self.cfg.recency_floor)
             self.positive_weights = w
-            self.row_weights = torch.cat([w, w.repeat_interleave(train_ds.num_negatives)])
+            self.row_weights = train_ds.row_weights(w)
         if checkpoint_dir is None:
             # pid + random suffix: runs started in the same second (e.g. parallel
             # seeds) must never share, and overwrite, each other's best.pt
@@ -290,11 +290,11 @@ class Trainer:
         k = self.train_ds.num_negatives
         per_batch = max(1, self.cfg.batch_size // (1 + k))
         order = torch.randperm(n, generator=generator)
-        offsets = torch.arange(k)
         for start in range(0, n, per_batch):
             pos = order[start : start + per_batch]  # (b,)
-            neg = (n + pos.unsqueeze(1) * k + offsets).reshape(-1)  # (b*K,)
-            batch, labels = rows.take(torch.cat([pos, neg]))
+            groups = self.train_ds.group_rows(pos)  # (b, 1 + K) rows: positive, its negatives
+            # the b positives first, then their negatives group by group (as _loss_grouped reads)
+            batch, labels = rows.take(torch.cat([groups[:, 0], groups[:, 1:].reshape(-1)]))
             weights = None if self.positive_weights is None else self.positive_weights[pos]
             yield batch, labels, weights
 
