@@ -260,8 +260,12 @@ def load_config(
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
+        if loaded is None:  # an empty file, only comments, or `null`
+            raise ConfigError(
+                f"config file {path} is empty (or holds only comments or null): expected a "
+                f"mapping of config sections, e.g. `model_name: deepfm`; to train a model "
+                f"with its default config, run `ctr train --model NAME` without --config"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {path} must hold a mapping, got {type(loaded).__name__}"

@@ -132,6 +132,31 @@ def test_mlproject_declares_no_param_that_clashes_with_logged_params():
     assert "-e ." in conda["dependencies"][-1]["pip"]
 
 
+def test_evaluate_a_file_that_is_no_checkpoint_names_it_and_exits_1(tmp_path):
+    import numpy as np
+
+    text = tmp_path / "notes.txt"
+    text.write_text("epoch 3\nloss 0.25\n")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for path in (text, noise):
+        result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(path)])
+        assert result.exit_code == 1, result.output
+        assert f"{path} is not a ctr checkpoint" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_train_with_an_empty_config_file_names_it_and_exits_1(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "empty.yaml").write_text("# nothing here yet\n")
+    result = CliRunner().invoke(main, ["train", "--config", "empty.yaml"])
+    assert result.exit_code == 1, result.output
+    assert "config file empty.yaml is empty" in result.output
+    assert "ctr train --model NAME` without --config" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # no run for a bad config
+
+
 def test_config_errors_exit_1_without_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -106,6 +106,17 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(_write(tmp_path, "training: [unclosed\n"))
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "null\n", "~\n"])
+def test_empty_config_file_is_an_error_naming_it(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match="is empty") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "ctr train --model NAME` without --config" in str(info.value)
+    # an explicit empty mapping still means "all defaults", as load_config(None) does
+    assert load_config(_write(tmp_path, "{}\n")) == load_config(None) == ExperimentConfig()
+
+
 def test_dump_and_reload_round_trip(tmp_path):
     cfg = load_config(
         None,

@@ -39,6 +39,29 @@ def test_save_and_load_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_file_that_is_no_checkpoint_is_an_error_naming_it(tmp_path):
+    from ctr.errors import CTRError
+
+    rng = np.random.default_rng(0)
+    files = {
+        "notes.txt": b"epoch 3\nloss 0.25\n",
+        "random.bin": rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty.pt": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CTRError, match="is not a ctr checkpoint") as info:
+            load_checkpoint(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CTRError, match="expected a dict .* got list"):
+        load_checkpoint(tmp_path / "list.pt")
+    save_checkpoint({"epoch": 1}, tmp_path / "partial.pt")
+    with pytest.raises(CTRError, match=r"lacks \['model_state'\]"):
+        load_checkpoint(tmp_path / "partial.pt", required=("epoch", "model_state"))
+    assert load_checkpoint(tmp_path / "partial.pt", required=("epoch",)) == {"epoch": 1}
+
+
 def test_failing_save_leaves_no_partial_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint({"epoch": 1}, path)

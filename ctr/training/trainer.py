@@ -582,7 +582,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict[str, floa
 
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    state = load_checkpoint(path, "cpu")
+    state = load_checkpoint(path, "cpu", required=("config", "schema", "model_state"))
     config = ExperimentConfig.model_validate(state["config"])
     _, schema, _, val_ds, test_ds = build_data(config)
     saved_schema = DatasetSchema.from_dict(state["schema"])
