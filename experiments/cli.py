@@ -135,8 +135,11 @@ def _shorthand_overrides(epochs: str, batch_size: str, learning_rate: str, seed:
     help="Space-separated overrides in one string (what the MLproject passes).",
 )
 @click.option("--epochs", default="", help="Shorthand for training.num_epochs.")
-@click.option("--batch-size", default="", help="Shorthand for training.batch_size.")
-@click.option("--learning-rate", default="", help="Shorthand for training.learning_rate.")
+# the underscore spellings are what `mlflow run -P batch_size=...` passes on
+@click.option("--batch-size", "--batch_size", default="", help="Shorthand for training.batch_size.")
+@click.option(
+    "--learning-rate", "--learning_rate", default="", help="Shorthand for training.learning_rate."
+)
 @click.option("--seed", default="", help="Shorthand for seed.")
 @click.option(
     "--experiment-name", default="movielens-100k", show_default=True, help="MLflow experiment."

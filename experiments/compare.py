@@ -62,8 +62,9 @@ ALL_METRICS = (
 )
 # params that say nothing about the model (excluded from --diff-only / group checks)
 _RUN_SPECIFIC_PARAMS = ("seed",)
-# MLproject's main entry point parameters other than `model`: `mlflow run` logs them as
-# params, but what they set is already in the resolved config's dotted params
+# The optional parameters of MLproject's main entry point: `mlflow run -P epochs=5`
+# logs `epochs` as a param (runs tracked while they were declared carry all of them,
+# most empty), but what they set is already in the resolved config's dotted params
 # (`--epochs 5` is `training.num_epochs`), so they are left out of --diff-only
 LAUNCHER_PARAMS = ("config", "epochs", "batch_size", "learning_rate", "overrides")
 

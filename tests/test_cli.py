@@ -90,10 +90,12 @@ def test_mlproject_main_maps_parameters_to_ctr_train(captured):
 
     params = {
         "model": "xdeepfm",
+        # undeclared (only `model` is): MLflow passes each on as --NAME VALUE
         "epochs": "3",
+        "batch_size": "256",
         "learning_rate": "1.0e-4",
         "overrides": "training.batch_size=512 dnn.hidden_units=[64,32]",
-        "seed": "7",  # undeclared: MLflow passes it on as --seed 7
+        "seed": "7",
     }
     given = runner.invoke(main, _project_command("main", params))
     assert given.exit_code == 0, given.output
@@ -103,6 +105,7 @@ def test_mlproject_main_maps_parameters_to_ctr_train(captured):
         "training.batch_size=512",
         "dnn.hidden_units=[64,32]",
         "training.num_epochs=3",
+        "training.batch_size=256",
         "training.learning_rate=1.0e-4",
         "seed=7",
     ]
@@ -120,12 +123,15 @@ def test_mlproject_compare_and_promote_entry_points():
 
 
 def test_mlproject_declares_no_param_that_clashes_with_logged_params():
-    """MLflow logs every declared MLproject parameter; the run logs `seed` itself."""
+    """MLflow logs every declared MLproject parameter, empty or not, so only `model`
+    is declared; the others are logged only when given."""
     from mlflow.projects import _project_spec
 
     project = _project_spec.load_project(str(ROOT))
-    declared = set(project.get_entry_point("main").parameters)
-    assert declared == {"model", "config", "epochs", "batch_size", "learning_rate", "overrides"}
+    main_entry = project.get_entry_point("main")
+    assert set(main_entry.parameters) == {"model"}
+    logged, passed_on = main_entry.compute_parameters({}, None)
+    assert logged == {"model": "deepfm"} and passed_on == {}
     assert project.env_type == "conda_env" and project.env_config_path.endswith("conda.yaml")
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     assert "python=3.11" in conda["dependencies"]

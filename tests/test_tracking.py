@@ -419,7 +419,7 @@ def test_mlflow_run_against_the_embedded_default(tmp_path):
     overrides = [*FAST_OVERRIDES, f"training.checkpoint_dir={tmp_path / 'checkpoints'}"]
     proc = subprocess.run(
         [str(VENV_BIN / "mlflow"), "run", str(ROOT), "--env-manager", "local"]
-        + ["-P", "model=lr", "-P", f"overrides={' '.join(overrides)}"],
+        + ["-P", "model=lr", "-P", "epochs=1", "-P", f"overrides={' '.join(overrides)}"],
         env=subprocess_env(None),
         cwd=tmp_path,
         capture_output=True,
@@ -430,7 +430,12 @@ def test_mlflow_run_against_the_embedded_default(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs(["0"])  # `mlflow run` defaults to the Default experiment
     assert run.info.status == "FINISHED"
-    assert run.data.params["model"] == "lr" and run.data.params["overrides"]
+    params = run.data.params
+    assert params["model"] == "lr" and params["overrides"] and params["epochs"] == "1"
+    assert params["training.num_epochs"] == "1"
+    # the optional MLproject params not given are not logged, empty or otherwise
+    assert not {"config", "batch_size", "learning_rate"} & set(params)
+    assert "" not in params.values() and "''" not in params.values()
     assert "test_ndcg_at_10" in run.data.metrics
 
 
