@@ -3,11 +3,15 @@
 `MLflowCallback` records one run completely and comparably:
 
     params     the resolved config flattened with dotted keys
-               (training.learning_rate, ...) plus model, dataset, seed, num_params
-    tags       model, dataset, device; at the end best_epoch, epochs_run, stopped_early
+               (training.learning_rate, ...), without the sections of other models
+               (a DeepFM run has no cin.* or attention.*), plus model, dataset, seed,
+               num_params and the torch threads (torch_num_threads,
+               torch_num_interop_threads)
+    tags       model, dataset, device, cpu (the CPU model); at the end best_epoch,
+               epochs_run, stopped_early
     metrics    per epoch, ONE batched call with step=epoch (train_loss, lr,
                epoch_seconds, val_*); at the end test_* and best_val_* (step=best_epoch)
-    artifacts  config/config.yaml           the resolved config
+    artifacts  config/config.yaml           the resolved config, whole (every section)
                data/schema.json             the model's input fields
                data/encoders.json           encoders + side-feature tables (raw -> indices)
                data/eval_candidates.npz     val/test user ids and candidate item ids
@@ -71,17 +75,60 @@ def param_value(value: Any) -> str:
     return str(value)
 
 
+def unused_config_sections(model_name: str) -> set[str]:
+    """Config sections that only other models read ('cin', 'attention' for deepfm).
+
+    Each registered model lists the sections it reads in `config_sections`; a
+    section that some model lists is model-specific, and unused unless this model
+    lists it. Sections no model lists (data, features, training) are always used.
+    """
+    from ctr.errors import CTRError
+    from ctr.models import MODEL_REGISTRY, list_models
+
+    if model_name not in MODEL_REGISTRY:
+        raise CTRError(f"expected a model name in {list_models()}, got {model_name!r}")
+    used = set(MODEL_REGISTRY[model_name].config_sections)
+    model_specific = {s for cls in MODEL_REGISTRY.values() for s in cls.config_sections}
+    return model_specific - used
+
+
 def run_params(context: TrainingContext) -> dict[str, str]:
-    """The params of a run: flattened config plus model, dataset, seed, num_params."""
+    """The params of a run: the flattened config without the sections of other
+    models, plus model, dataset, seed, num_params and the torch thread counts."""
+    import torch
+
     cfg = context.config
-    params = {key: param_value(value) for key, value in cfg.to_flat_dict().items()}
+    unused = unused_config_sections(cfg.model_name)
+    params = {
+        key: param_value(value)
+        for key, value in cfg.to_flat_dict().items()
+        if key.split(".", 1)[0] not in unused
+    }
     params.update(
         model=cfg.model_name,
         dataset=cfg.data.dataset,
         seed=str(cfg.seed),
         num_params=str(context.num_params),
+        # what the run actually trained with (training.num_threads may be unset)
+        torch_num_threads=str(torch.get_num_threads()),
+        torch_num_interop_threads=str(torch.get_num_interop_threads()),
     )
     return params
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('model name' in /proc/cpuinfo, else platform.processor())."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def pip_requirements() -> list[str]:
@@ -253,6 +300,7 @@ class MLflowCallback(Callback):
                 RunTag("model", cfg.model_name),
                 RunTag("dataset", cfg.data.dataset),
                 RunTag("device", str(context.device)),
+                RunTag("cpu", cpu_model()),
                 RunTag("checkpoint_dir", str(context.checkpoint_dir)),
             ],
         )

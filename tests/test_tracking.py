@@ -94,6 +94,10 @@ def test_mlflow_run_records_params_metrics_artifacts_and_model(
     assert params["training.num_epochs"] == "1"
     assert params["training.learning_rate"] == "0.001"
     assert params["dnn.hidden_units"] == "[16]"
+    # only DeepFM's sections, and none of the MLproject's optional params (not given)
+    assert not [k for k in params if k.startswith(("cin.", "attention."))]
+    assert not {"config", "epochs", "batch_size", "learning_rate"} & set(params)
+    assert int(params["torch_num_threads"]) >= 1 and run.data.tags["cpu"]
     assert int(params["num_params"]) > 1000
     assert run.data.tags["model"] == "deepfm"
     assert run.data.tags["dataset"] == "movielens-100k"

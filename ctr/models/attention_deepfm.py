@@ -23,6 +23,7 @@ class AttentionDeepFM(BaseCTRModel):
     dims) and fed to the DNN (config.dnn). Returns the logit.
     """
 
+    config_sections = ("fm", "attention", "dnn")
     inference_chunk_rows = 1024  # attention scores and DNN input are wide per row
 
     def _build_components(self) -> None:

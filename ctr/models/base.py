@@ -58,6 +58,9 @@ class BaseCTRModel(nn.Module, ABC):
     inference_chunk_rows: ClassVar[int] = 8192
     # False for purely linear models: no second-order embeddings are built.
     uses_embeddings: ClassVar[bool] = True
+    # Config sections the model reads besides data, features and training (which every
+    # run uses); a tracked run logs only these of the model sections as params.
+    config_sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, schema: DatasetSchema, config: ExperimentConfig) -> None:
         super().__init__()

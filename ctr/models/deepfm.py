@@ -22,6 +22,8 @@ class DeepFM(BaseCTRModel):
     returns the logit y_FM + y_DNN.
     """
 
+    config_sections = ("fm", "dnn")
+
     def _build_components(self) -> None:
         cfg = self.config.dnn
         self.fm = FMInteraction()

@@ -19,6 +19,8 @@ class FM(BaseCTRModel):
     FMInteraction.
     """
 
+    config_sections = ("fm",)
+
     def _build_components(self) -> None:
         self.fm = FMInteraction()
 

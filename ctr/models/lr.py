@@ -18,6 +18,7 @@ class LR(BaseCTRModel):
     """
 
     uses_embeddings = False
+    config_sections = ()  # fm.embed_dim is unused without second-order embeddings
 
     def _build_components(self) -> None:
         pass

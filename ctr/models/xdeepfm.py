@@ -21,6 +21,7 @@ class xDeepFM(BaseCTRModel):  # noqa: N801 (the paper's spelling)
     the concatenated own-dim embeddings (config.dnn). Returns the logit.
     """
 
+    config_sections = ("fm", "cin", "dnn")
     inference_chunk_rows = 1024  # CIN builds a (rows, D, H * F) outer product per layer
 
     def _build_components(self) -> None:

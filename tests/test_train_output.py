@@ -1,0 +1,82 @@
+"""What a tracked run logs: its model's config sections, the torch threads, the CPU."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ctr.config import build_config
+from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
+from ctr.models import MODEL_REGISTRY, create_model
+from experiments.tracking import cpu_model, run_params, unused_config_sections
+
+
+# ------------------------------------------------------------ the logged params
+def _context(*overrides: str, model: str = "deepfm"):
+    config = build_config({}, [f"model_name={model}", *overrides])
+    return SimpleNamespace(config=config, num_params=123)
+
+
+@pytest.mark.parametrize(
+    ("model", "absent", "present"),
+    [
+        ("deepfm", {"cin", "attention"}, {"fm", "dnn"}),
+        ("xdeepfm", {"attention"}, {"fm", "cin", "dnn"}),
+        ("attention_deepfm", {"cin"}, {"fm", "attention", "dnn"}),
+        ("fm", {"cin", "attention", "dnn"}, {"fm"}),
+        ("lr", {"cin", "attention", "dnn", "fm"}, set()),
+    ],
+)
+def test_a_run_logs_only_the_config_sections_its_model_reads(model, absent, present):
+    params = run_params(_context(model=model))
+    sections = {key.split(".", 1)[0] for key in params if "." in key}
+    assert sections == {"data", "features", "training"} | present
+    assert unused_config_sections(model) == absent
+    assert params["model"] == model and params["num_params"] == "123"
+
+
+def test_the_run_params_carry_the_torch_thread_counts():
+    params = run_params(_context())
+    assert params["torch_num_threads"] == str(torch.get_num_threads())
+    assert params["torch_num_interop_threads"] == str(torch.get_num_interop_threads())
+    assert cpu_model() and cpu_model() != "unknown"
+
+
+def _schema() -> DatasetSchema:
+    # field dims differ from fm.embed_dim, so the shared space has projections
+    return DatasetSchema(
+        (
+            FieldSchema("user_id", FeatureType.SPARSE, 20, 8),
+            FieldSchema("movie_id", FeatureType.SPARSE, 30, 6),
+            FieldSchema("genres", FeatureType.SEQUENCE, 9, 4, max_length=4),
+        )
+    )
+
+
+# a value per model section that changes the shape of some weight of a model reading it
+SHAPE_CHANGES = {
+    "fm": "fm.embed_dim=5",
+    "dnn": "dnn.hidden_units=[12]",
+    "cin": "cin.layer_sizes=[5]",
+    "attention": "attention.attention_dim=3",
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_REGISTRY))
+def test_config_sections_name_what_each_model_builds_from(model):
+    """A declared section changes the model; a section not declared does not."""
+    base = ["fm.embed_dim=7", "dnn.hidden_units=[16, 8]", "cin.layer_sizes=[6, 4]"]
+    base += ["attention.attention_dim=4", "attention.num_heads=2"]
+
+    def shapes(*overrides: str) -> dict[str, tuple[int, ...]]:
+        config = build_config({}, [f"model_name={model}", *base, *overrides])
+        built = create_model(model, _schema(), config)
+        return {k: tuple(v.shape) for k, v in built.state_dict().items()}
+
+    reference = shapes()
+    declared = set(MODEL_REGISTRY[model].config_sections)
+    assert declared <= set(SHAPE_CHANGES)
+    for section, override in SHAPE_CHANGES.items():
+        assert (shapes(override) != reference) == (section in declared), (model, section)
