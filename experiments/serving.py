@@ -24,6 +24,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from ctr.serving import Recommender
+from experiments.tracking import silence_pickle_warnings
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +128,8 @@ def save_recommender(
 ) -> str:
     """Save a recommender as an MLflow model directory (no tracking server needed)."""
     recommender = Recommender(model, preprocessor, train_items)
-    with tempfile.TemporaryDirectory() as tmp:
+    # CloudPickle is how a Python-object pyfunc is saved (see silence_pickle_warnings)
+    with tempfile.TemporaryDirectory() as tmp, silence_pickle_warnings():
         mlflow.pyfunc.save_model(str(path), **_log_kwargs(recommender, tmp))
     return str(path)
 
@@ -150,7 +152,8 @@ def log_recommender(run_id: str, result: TrainResult) -> str:
             f"which carries the adapter's training split"
         )
     recommender = Recommender(result.model, result.preprocessor, result.train_interactions)
-    with tempfile.TemporaryDirectory() as tmp:
+    # CloudPickle is how a Python-object pyfunc is logged (see silence_pickle_warnings)
+    with tempfile.TemporaryDirectory() as tmp, silence_pickle_warnings():
         info = mlflow.pyfunc.log_model(name=RECOMMENDER_NAME, **_log_kwargs(recommender, tmp))
     return info.model_uri
 

@@ -103,6 +103,18 @@ def _env(**values: str) -> Iterator[None]:
 
 
 @contextmanager
+def _no_artifact_progress_bars() -> Iterator[None]:
+    """No 'Downloading artifacts' bars while the run logs its models: MLflow reads
+    back the model it has just logged (to check the input example), which would
+    draw a bar per model. A value the user set for the variable wins."""
+    if "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" in os.environ:
+        yield
+        return
+    with _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        yield
+
+
+@contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises TrainingTerminated (a KeyboardInterrupt)."""
     import threading
@@ -212,7 +224,7 @@ def run_training(
         config.model_name,
     )
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), _no_artifact_progress_bars():
             fit(config, callbacks=[callback], checkpoint_dir=checkpoint_dir)
     except KeyboardInterrupt as exc:
         _mark_failed(client, run_id, exc, "KILLED")

@@ -1,7 +1,9 @@
-"""What a tracked run logs: its model's config sections, the torch threads, the CPU."""
+"""What a tracked run logs (its model's config sections, the torch threads, the
+CPU) and a clean stderr (no pickle warnings)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +12,36 @@ import torch
 from ctr.config import build_config
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models import MODEL_REGISTRY, create_model
-from experiments.tracking import cpu_model, run_params, unused_config_sections
+from experiments.tracking import (
+    cpu_model,
+    run_params,
+    silence_pickle_warnings,
+    unused_config_sections,
+)
+
+
+# ----------------------------------------------------------------- the warnings
+def test_only_the_pickle_warnings_are_silenced_and_only_inside_the_block(caplog):
+    pytorch_log, pyfunc_log = (
+        logging.getLogger("mlflow.pytorch"),
+        logging.getLogger("mlflow.pyfunc"),
+    )
+    pickle_text = (
+        "Saving pytorch model by Pickle or CloudPickle format requires exercising caution "
+        "because ..."
+    )
+    cloudpickle_text = (
+        "Passing a Python object as `python_model` causes it to be serialized using "
+        "CloudPickle, it requires exercising caution ..."
+    )
+    with caplog.at_level(logging.WARNING):
+        with silence_pickle_warnings():
+            pytorch_log.warning(pickle_text)
+            pyfunc_log.warning(cloudpickle_text)
+            pytorch_log.warning("another warning of mlflow.pytorch")
+        pytorch_log.warning(pickle_text)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["another warning of mlflow.pytorch", pickle_text]
 
 
 # ------------------------------------------------------------ the logged params
