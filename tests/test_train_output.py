@@ -1,9 +1,10 @@
-"""What a tracked run logs (its model's config sections, the torch threads, the
-CPU) and a clean stderr (no pickle warnings)."""
+"""What a run shows and logs: the progress bar, a clean stderr (no pickle
+warnings), the params (its model's config sections, the torch threads, the CPU)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from ctr.config import build_config
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models import MODEL_REGISTRY, create_model
+from ctr.training.trainer import _Progress
 from experiments.tracking import (
     cpu_model,
     run_params,
@@ -42,6 +44,42 @@ def test_only_the_pickle_warnings_are_silenced_and_only_inside_the_block(caplog)
         pytorch_log.warning(pickle_text)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["another warning of mlflow.pytorch", pickle_text]
+
+
+# ------------------------------------------------------------- the progress bar
+def test_progress_bar_only_on_a_terminal_unless_forced(monkeypatch, capsys):
+    monkeypatch.delenv("CTR_PROGRESS", raising=False)
+    assert not _Progress.enabled()  # pytest's captured stderr is no terminal
+    monkeypatch.setenv("CTR_PROGRESS", "1")
+    assert _Progress.enabled()
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    monkeypatch.setenv("CTR_PROGRESS", "0")
+    assert not _Progress.enabled()
+    monkeypatch.delenv("CTR_PROGRESS")
+    assert _Progress.enabled()
+
+    capsys.readouterr()
+    progress = _Progress(total_rows=4096, epoch=2, num_epochs=5)
+    for _ in range(3):
+        progress.update(1024, torch.tensor(2.0), 4)  # running loss 0.5
+        time.sleep(1.2 * _Progress.MININTERVAL)  # redrawn at most every MININTERVAL
+    progress.close()
+    err = capsys.readouterr().err
+    assert "epoch 2/5" in err and "row/s" in err and "loss=0.5000" in err
+
+
+def test_progress_bar_adds_no_measurable_cost_per_batch(monkeypatch, capsys):
+    """A batch of a real epoch takes milliseconds; an update must stay far below."""
+    progress = _Progress(total_rows=10**9, epoch=1, num_epochs=1)
+    loss_sum = torch.tensor(1.0)
+    n = 20_000
+    t0 = time.perf_counter()
+    for i in range(n):
+        progress.update(1024, loss_sum, i + 1)
+    per_update = (time.perf_counter() - t0) / n
+    progress.close()
+    capsys.readouterr()
+    assert per_update < 50e-6, f"{per_update * 1e6:.1f} us per update"
 
 
 # ------------------------------------------------------------ the logged params

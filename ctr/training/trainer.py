@@ -110,26 +110,50 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, cfg):
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
+    """The epoch's progress bar (tqdm): rows done, rows/s and the running loss.
 
-    def __init__(self, total: int, epoch: int, enabled: bool) -> None:
-        self.total, self.epoch, self.enabled = total, epoch, enabled
-        self.last = 0.0
+    Drawn on stderr when it is a terminal; the environment variable CTR_PROGRESS
+    overrides that (1 draws it anywhere, 0 never). tqdm redraws at most every
+    `MININTERVAL` seconds and the running loss (a device sync) is read only as
+    often, so a batch costs a counter update and a clock read.
+    """
 
-    def update(self, done: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.2 and done < self.total:
-            return
-        self.last = now
-        width = 30
-        filled = int(width * done / self.total)
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\repoch {self.epoch:3d} [{bar}] {done}/{self.total} loss {loss:.4f}")
-        if done >= self.total:
-            sys.stderr.write("\r" + " " * 80 + "\r")
-        sys.stderr.flush()
+    MININTERVAL = 0.5  # seconds between redraws
+
+    def __init__(self, total_rows: int, epoch: int, num_epochs: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total_rows,
+            desc=f"epoch {epoch}/{num_epochs}",
+            unit="row",
+            unit_scale=True,
+            mininterval=self.MININTERVAL,
+            leave=False,  # the epoch's log line replaces it
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self._next_loss_read = 0.0
+
+    @staticmethod
+    def enabled() -> bool:
+        forced = os.environ.get("CTR_PROGRESS", "").strip().lower()
+        if forced in ("1", "true", "yes", "on"):
+            return True
+        if forced in ("0", "false", "no", "off"):
+            return False
+        return sys.stderr.isatty()
+
+    def update(self, rows: int, loss_sum: torch.Tensor, batches: int) -> None:
+        """`rows` more rows done; the running loss is loss_sum / batches."""
+        now = time.monotonic()
+        if now >= self._next_loss_read:
+            self._next_loss_read = now + self.MININTERVAL
+            self.bar.set_postfix(loss=f"{float(loss_sum) / batches:.4f}", refresh=False)
+        self.bar.update(rows)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Trainer:
@@ -235,16 +259,12 @@ class Trainer:
             rows = _move_dataset(rows, self.device)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
-        show = sys.stderr.isatty()
         if cfg.loss == "bce":
             batches = self._row_batches(rows, generator)
-            num_batches = rows.num_batches(cfg.batch_size)
         else:
             batches = self._grouped_batches(rows, generator)
-            n_pos = self.train_ds.num_positives
-            num_batches = -(-n_pos // max(1, cfg.batch_size // (1 + self.train_ds.num_negatives)))
-        progress = _Progress(num_batches, epoch, show)
-        for i, (batch, labels, weights) in enumerate(batches):
+        progress = _Progress(len(rows), epoch, cfg.num_epochs) if _Progress.enabled() else None
+        for batch, labels, weights in batches:
             if self.device.type != "cpu":
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 labels = labels.to(self.device, non_blocking=True)
@@ -265,8 +285,10 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             total += loss.detach()
             count += 1
-            if show:
-                progress.update(i + 1, float(total) / count)
+            if progress is not None:
+                progress.update(labels.shape[0], total, count)
+        if progress is not None:
+            progress.close()
         mean_loss = float(total) / max(count, 1)
         if not math.isfinite(mean_loss):
             raise TrainingDivergedError(
