@@ -145,6 +145,12 @@ def _shorthand_overrides(epochs: str, batch_size: str, learning_rate: str, seed:
     "--experiment-name", default="movielens-100k", show_default=True, help="MLflow experiment."
 )
 @click.option("--run-name", default=None, help="MLflow run name (default: MLflow picks one).")
+@click.option(
+    "--track/--no-track",
+    default=True,
+    show_default=True,
+    help="Track the run in MLflow (--no-track: train, print the summary and checkpoint).",
+)
 def train(
     config_path: str,
     model: str,
@@ -156,6 +162,7 @@ def train(
     seed: str,
     experiment_name: str,
     run_name: str | None,
+    track: bool,
 ) -> None:
     """Train one model as one tracked MLflow run.
 
@@ -174,8 +181,11 @@ def train(
         *_shorthand_overrides(epochs, batch_size, learning_rate, seed),
     ]
     with user_errors():
-        from experiments.train import run_training
+        from experiments.train import run_summary, run_training, train_untracked
 
+        if not track:
+            click.echo(train_untracked(config_path or None, all_overrides, model=model or None))
+            return
         run_id = run_training(
             config_path or None,
             all_overrides,
@@ -183,7 +193,8 @@ def train(
             run_name=run_name,
             model=model or None,
         )
-    click.echo(f"run {run_id} finished")
+        summary = run_summary(run_id)
+    click.echo(summary)
 
 
 # -------------------------------------------------------------------- compare

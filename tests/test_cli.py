@@ -18,7 +18,8 @@ from tests.conftest import ROOT, VENV_BIN, subprocess_env
 
 @pytest.fixture
 def captured(monkeypatch) -> list[dict]:
-    """Replace run_training by a recorder of its arguments."""
+    """Replace run_training by a recorder of its arguments (and the run's summary,
+    which reads the run back from MLflow, by a stand-in)."""
     import experiments.train
 
     calls: list[dict] = []
@@ -28,6 +29,7 @@ def captured(monkeypatch) -> list[dict]:
         return "0123456789abcdef"
 
     monkeypatch.setattr(experiments.train, "run_training", fake_run_training)
+    monkeypatch.setattr(experiments.train, "run_summary", lambda run_id: f"summary of {run_id}")
     return calls
 
 
@@ -59,7 +61,7 @@ def test_override_is_repeatable_and_takes_more_key_values(captured):
     assert captured[0]["overrides"] == captured[1]["overrides"] == ["a.b=1", "c=[1, 2]"]
     assert captured[0]["config_path"] == "c.yaml"
     assert captured[0]["experiment_name"] == "movielens-100k"
-    assert "run 0123456789abcdef finished" in one.output
+    assert "summary of 0123456789abcdef" in one.output
 
 
 def test_train_usage_errors(captured):

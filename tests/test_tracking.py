@@ -492,6 +492,7 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(experiments.train, "run_training", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(experiments.train, "run_summary", lambda run_id: "")
     for command in commands:
         if command.startswith("ctr train "):
             result = CliRunner().invoke(main, shlex.split(command)[1:])

@@ -1,9 +1,10 @@
-"""What a run shows and logs: the progress bar, a clean stderr (no pickle
-warnings), the params (its model's config sections, the torch threads, the CPU)."""
+"""What `ctr train` tells the user: the closing summary, the progress bar, a
+clean stderr (no pickle warnings), and the params a run logs."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from types import SimpleNamespace
 
@@ -20,6 +21,75 @@ from experiments.tracking import (
     silence_pickle_warnings,
     unused_config_sections,
 )
+from experiments.train import RunLocation, format_summary
+from tests.conftest import FAST_OVERRIDES, VENV_BIN, subprocess_env
+
+METRICS = {
+    "best_val_hr_at_10": 0.6543,
+    "best_val_ndcg_at_10": 0.3812,
+    "best_val_full_ndcg_at_10": 0.0812,
+    "best_val_auc": 0.9123,
+    "test_hr_at_10": 0.6231,
+    "test_ndcg_at_10": 0.364,
+    "test_auc": 0.9087,  # no test_full_*: test full ranking was off
+}
+
+
+# ------------------------------------------------------------------ the summary
+def test_summary_of_a_run_on_the_embedded_default():
+    run = RunLocation("sqlite:////home/me/work/mlflow.db", "1", "movielens-100k", "abc123")
+    text = format_summary(
+        METRICS,
+        model="deepfm",
+        monitor="val_ndcg_at_10",
+        best_epoch=7,
+        epochs_run=17,
+        stopped_early=True,
+        run=run,
+        checkpoint="checkpoints/abc123/best.pt",
+    )
+    lines = text.splitlines()
+    assert lines[0] == "deepfm: best epoch 7 of 17 (stopped early), chosen on val_ndcg_at_10"
+    assert lines[2].split() == ["HR@10", "NDCG@10", "full", "NDCG@10", "AUC"]
+    assert lines[3].split() == ["validation", "0.6543", "0.3812", "0.0812", "0.9123"]
+    assert lines[4].split() == ["test", "0.6231", "0.3640", "-", "0.9087"]
+    # the table's columns line up under their titles
+    assert {len(line) for line in lines[2:5]} == {len(lines[2])}
+    assert "run abc123 in experiment movielens-100k" in text
+    assert "tracking URI: sqlite:////home/me/work/mlflow.db" in text
+    assert "best checkpoint: checkpoints/abc123/best.pt" in text
+    assert "mlflow ui --backend-store-uri sqlite:////home/me/work/mlflow.db" in text
+    assert "ctr compare --experiment movielens-100k" in text
+    assert "ctr promote --experiment movielens-100k" in text
+    assert "/#/experiments/" not in text  # no UI link without a server
+
+
+def test_summary_of_a_run_on_a_server_links_the_run_page():
+    run = RunLocation("http://127.0.0.1:5000/", "3", "my runs", "abc123")
+    assert run.ui_url() == "http://127.0.0.1:5000/#/experiments/3/runs/abc123"
+    text = format_summary(
+        METRICS, model="fm", monitor="val_ndcg_at_10", best_epoch=2, epochs_run=2, run=run
+    )
+    assert "in the UI: http://127.0.0.1:5000/#/experiments/3/runs/abc123" in text
+    assert "mlflow ui" not in text  # the server is the UI
+    assert "ctr compare --experiment 'my runs'" in text  # quoted for the shell
+    assert "ctr promote --experiment 'my runs'" in text
+    assert "(stopped early)" not in text
+
+
+def test_summary_of_an_untracked_run_gives_the_checkpoint():
+    text = format_summary(
+        METRICS,
+        model="lr",
+        monitor="val_ndcg_at_10",
+        best_epoch=1,
+        epochs_run=1,
+        checkpoint="checkpoints/lr-x/best.pt",
+    )
+    assert "validation" in text and "0.6543" in text
+    assert "not tracked; best checkpoint: checkpoints/lr-x/best.pt" in text
+    assert "ctr evaluate --checkpoint checkpoints/lr-x/best.pt" in text
+    assert "ctr compare" not in text and "tracking URI" not in text
 
 
 # ----------------------------------------------------------------- the warnings
@@ -149,3 +219,64 @@ def test_config_sections_name_what_each_model_builds_from(model):
     assert declared <= set(SHAPE_CHANGES)
     for section, override in SHAPE_CHANGES.items():
         assert (shapes(override) != reference) == (section in declared), (model, section)
+
+
+# ------------------------------------------------------- a real run, end to end
+@pytest.mark.slow
+def test_a_short_tracked_run_prints_the_summary_and_no_pickle_warning(tmp_path):
+    from mlflow import MlflowClient
+
+    proc = subprocess.run(
+        [str(VENV_BIN / "ctr"), "train", "--model", "deepfm", "--override", *FAST_OVERRIDES],
+        env=subprocess_env(None),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "pickle" not in proc.stderr.lower(), proc.stderr
+    assert "Downloading artifacts" not in proc.stderr, proc.stderr
+    # not a terminal: no progress bar; the trainer's log lines (on stdout) still show
+    assert "row/s" not in proc.stdout + proc.stderr and "\r" not in proc.stderr
+    assert "INFO ctr.trainer: epoch 1/1" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("movielens-100k").experiment_id])
+    # the summary closes the output
+    out = proc.stdout[proc.stdout.index("deepfm: best epoch") :]
+    assert out.startswith("deepfm: best epoch 1 of 1, chosen on val_ndcg_at_10")
+    assert out.rstrip().endswith("# register the best run's model")
+    validation = next(line for line in out.splitlines() if line.startswith("validation"))
+    assert validation.split()[1] == f"{run.data.metrics['best_val_hr_at_10']:.4f}"
+    assert f"run {run.info.run_id} in experiment movielens-100k" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert "ctr compare --experiment movielens-100k" in out
+    assert "ctr promote --experiment movielens-100k" in out
+
+    params, tags = run.data.params, run.data.tags
+    assert not [k for k in params if k.startswith(("cin.", "attention."))]
+    assert params["dnn.hidden_units"] == "[16]" and params["fm.embed_dim"] == "4"
+    assert int(params["torch_num_threads"]) >= 1
+    assert int(params["torch_num_interop_threads"]) >= 1
+    assert tags["cpu"] == cpu_model()
+
+
+@pytest.mark.slow
+def test_an_untracked_run_prints_the_table_and_the_checkpoint(tmp_path):
+    proc = subprocess.run(
+        [str(VENV_BIN / "ctr"), "train", "--model", "lr", "--no-track"]
+        + ["--override", *FAST_OVERRIDES, f"training.checkpoint_dir={tmp_path / 'ckpt'}"],
+        env=subprocess_env(None),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists()
+    (best,) = (tmp_path / "ckpt").glob("lr-*/best.pt")
+    assert "lr: best epoch 1 of 1" in proc.stdout
+    assert "validation" in proc.stdout and "test" in proc.stdout
+    assert f"not tracked; best checkpoint: {best}" in proc.stdout
+    assert f"ctr evaluate --checkpoint {best}" in proc.stdout
