@@ -9,6 +9,7 @@ import torch
 
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models.layers import CIN, DNN, FeatureEmbedding, FMInteraction, MultiHeadSelfAttention
+from ctr.models.layers.dnn import Dropout
 
 B = 6
 
@@ -332,6 +333,63 @@ def test_dnn_rejects_bad_arguments(kwargs, message):
     args = {"input_dim": 4, "hidden_units": [8], **kwargs}
     with pytest.raises(ValueError, match=message):
         DNN(**args)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
+def test_dropout_mask_statistics(p):
+    torch.manual_seed(0)
+    n = 400_000
+    x = torch.ones(n)
+    y = Dropout(p)(x)
+    dropped = y == 0
+    scale = 1.0 / (1.0 - round(p * 65536) / 65536)
+    assert torch.equal(y[~dropped], torch.full_like(y[~dropped], scale))
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+    # each of the four 16-bit lanes of a 64-bit draw, and neighbours, are unbiased and independent
+    lanes = dropped.view(-1, 4).float().mean(dim=0)
+    assert (lanes - p).abs().max().item() < 5 * sigma * 2
+    both = (dropped[0::2] & dropped[1::2]).float().mean().item()
+    assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / (n // 2))
+    assert abs(y.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)  # E[y] = x
+
+
+def test_dropout_masks_vary_per_call_and_follow_the_seed():
+    d = Dropout(0.3)
+    x = torch.randn(4, 7, 5)  # 140 elements; any shape, not only multiples of 4
+    torch.manual_seed(1)
+    a, b = d(x), d(x)
+    torch.manual_seed(1)
+    assert torch.equal(d(x), a) and not torch.equal(a, b)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert d(x.double()).dtype == torch.float64
+
+
+def test_dropout_is_identity_in_eval_mode_and_at_zero():
+    x = torch.randn(8, 16)
+    d = Dropout(0.5).eval()
+    assert d(x) is x
+    assert Dropout(0.0)(x) is x
+    dnn = DNN(16, [32, 8], dropout=0.5).eval()
+    assert torch.equal(dnn(x), dnn(x))
+
+
+def test_dropout_gradient_is_the_scaled_mask():
+    torch.manual_seed(2)
+    x = (torch.rand(64, 33) + 0.5).requires_grad_()  # no zeros: y == 0 only where dropped
+    y = Dropout(0.25)(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    kept = (y != 0).float()
+    assert 0 < kept.mean() < 1
+    torch.testing.assert_close(x.grad, g * kept / (1 - 0.25), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y.detach(), x.detach() * kept / (1 - 0.25), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.0 - 2**-18])
+def test_dropout_rejects_bad_probability(p):
+    with pytest.raises(ValueError, match="expected 0 <= p"):
+        Dropout(p)
 
 
 # ---------------------------------------------------------------- CIN

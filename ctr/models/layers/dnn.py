@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "prelu")
@@ -23,8 +24,56 @@ def make_activation(name: str, num_units: int) -> nn.Module:
     raise ValueError(f"expected activation in {_ACTIVATIONS}, got {name!r}")
 
 
+class Dropout(nn.Module):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
+
+    The semantics of nn.Dropout (identity in eval mode, E[output] = input in
+    training), with a cheaper mask on CPU. nn.Dropout draws one float Bernoulli
+    sample per element, and on CPU at batch 1024 that was about 40% of a DeepFM
+    training step. Here one 64-bit draw of the torch generator gives four 16-bit
+    integers, and an element is kept when its integer is at least k, where
+    k = round(p * 2^16): the drop probability is k / 2^16, p rounded to a multiple
+    of 2^-16 (within 8e-6 of p), and the scale 1 / (1 - k / 2^16) keeps the
+    expectation exact. The draws come from torch's default generator, so
+    torch.manual_seed makes the masks reproducible. On other devices it calls
+    torch.nn.functional.dropout, whose kernels there are already fused.
+
+    Shapes:
+        (*) -> (*), the same shape
+
+    Example:
+        Dropout(0.2)(torch.randn(32, 64)).shape  # (32, 64)
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        k = round(p * 65536)
+        if not 0.0 <= p < 1.0 or k >= 65536:
+            raise ValueError(f"expected 0 <= p < 1 - 2**-17, got {p}")
+        self.p = p
+        self._threshold = k - 32768  # kept where the signed 16-bit draw is >= this
+        self._scale = 1.0 / (1.0 - k / 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64)
+        words.random_(-(2**63), None)  # the full 64-bit range: every bit uniform
+        bits = words.view(torch.int16)[:n].view(x.shape)  # (*) uniform on [-2^15, 2^15)
+        mask = (bits >= self._threshold).to(x.dtype).mul_(self._scale)  # (*) 0 or 1 / (1 - p)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class DNN(nn.Module):
     """Linear -> (BatchNorm1d) -> activation -> Dropout, once per hidden layer.
+
+    Dropout is this module's `Dropout` (inverted dropout with a cheaper mask on CPU).
 
     With batch norm the Linear layers have no bias (the norm's shift replaces it).
 
@@ -65,7 +114,7 @@ class DNN(nn.Module):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(make_activation(activation, units))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             prev = units
         self.layers = nn.Sequential(*layers)
         self.input_dim = input_dim
