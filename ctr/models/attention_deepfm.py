@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ctr.models.base import BaseCTRModel, register_model
-from ctr.models.layers import DNN, FMInteraction, MultiHeadSelfAttention
+from ctr.models.layers import FMInteraction, MultiHeadSelfAttention
 
 
 @register_model("attention_deepfm")
@@ -27,7 +26,7 @@ class AttentionDeepFM(BaseCTRModel):
     inference_chunk_rows = 1024  # attention scores and DNN input are wide per row
 
     def _build_components(self) -> None:
-        att, dnn_cfg = self.config.attention, self.config.dnn
+        att = self.config.attention
         self.fm = FMInteraction()
         self.attention = MultiHeadSelfAttention(
             self.config.fm.embed_dim,
@@ -37,14 +36,7 @@ class AttentionDeepFM(BaseCTRModel):
             use_residual=att.use_residual,
         )
         attention_flat_dim = self.schema.num_fields * self.attention.output_dim
-        self.dnn = DNN(
-            attention_flat_dim + self.embedding.total_embedding_dim,
-            dnn_cfg.hidden_units,
-            activation=dnn_cfg.activation,
-            dropout=dnn_cfg.dropout,
-            use_batch_norm=dnn_cfg.use_batch_norm,
-        )
-        self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
+        self._build_dnn_head(attention_flat_dim + self.embedding.total_embedding_dim)
 
     def _forward_components(
         self,
@@ -54,5 +46,4 @@ class AttentionDeepFM(BaseCTRModel):
     ) -> torch.Tensor:
         attended = self.attention(field_embeddings).flatten(1)  # (B, F * D)
         deep_in = torch.cat([attended, flat_embeddings], dim=1)  # (B, F * D + sum d_f)
-        y_dnn = self.dnn_out(self.dnn(deep_in))  # (B, 1)
-        return first_order + self.fm(field_embeddings) + y_dnn
+        return first_order + self.fm(field_embeddings) + self._dnn_logit(deep_in)  # (B, 1)

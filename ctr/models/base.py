@@ -15,7 +15,7 @@ from torch import nn
 
 from ctr.config import ExperimentConfig
 from ctr.data.schema import DatasetSchema
-from ctr.models.layers import FeatureEmbedding
+from ctr.models.layers import DNN, FeatureEmbedding
 
 MODEL_REGISTRY: dict[str, type[BaseCTRModel]] = {}
 
@@ -90,6 +90,28 @@ class BaseCTRModel(nn.Module, ABC):
         flat_embeddings: torch.Tensor | None,
     ) -> torch.Tensor:
         """(B, 1), (B, F, D), (B, total_embedding_dim) -> logits (B, 1)."""
+
+    def _build_dnn_head(self, input_dim: int) -> None:
+        """The deep part of DeepFM-style models: `self.dnn`, the DNN of config.dnn over
+        `input_dim` inputs, and `self.dnn_out`, its linear map to one logit.
+
+        Their names are the state_dict keys of saved models (dnn.layers.0.weight,
+        dnn_out.weight, ...); a model calls this where its other layers are built, so
+        the order of creation (and a seeded initialisation) is that of its layers.
+        """
+        cfg = self.config.dnn
+        self.dnn = DNN(
+            input_dim,
+            cfg.hidden_units,
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+            use_batch_norm=cfg.use_batch_norm,
+        )
+        self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
+
+    def _dnn_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, input_dim) -> the deep part's logit (B, 1); see _build_dnn_head."""
+        return self.dnn_out(self.dnn(x))  # (B, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Batch dict of field tensors -> logits (B, 1)."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ctr.models.base import BaseCTRModel, register_model
-from ctr.models.layers import DNN, FMInteraction
+from ctr.models.layers import FMInteraction
 
 
 @register_model("deepfm")
@@ -25,16 +24,8 @@ class DeepFM(BaseCTRModel):
     config_sections = ("fm", "dnn")
 
     def _build_components(self) -> None:
-        cfg = self.config.dnn
         self.fm = FMInteraction()
-        self.dnn = DNN(
-            self.embedding.total_embedding_dim,
-            cfg.hidden_units,
-            activation=cfg.activation,
-            dropout=cfg.dropout,
-            use_batch_norm=cfg.use_batch_norm,
-        )
-        self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
+        self._build_dnn_head(self.embedding.total_embedding_dim)
 
     def _forward_components(
         self,
@@ -43,5 +34,4 @@ class DeepFM(BaseCTRModel):
         flat_embeddings: torch.Tensor | None,
     ) -> torch.Tensor:
         y_fm = first_order + self.fm(field_embeddings)  # (B, 1)
-        y_dnn = self.dnn_out(self.dnn(flat_embeddings))  # (B, 1)
-        return y_fm + y_dnn
+        return y_fm + self._dnn_logit(flat_embeddings)  # (B, 1)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ctr.models.base import BaseCTRModel, register_model
-from ctr.models.layers import CIN, DNN
+from ctr.models.layers import CIN
 
 
 @register_model("xdeepfm")
@@ -25,7 +25,7 @@ class xDeepFM(BaseCTRModel):  # noqa: N801 (the paper's spelling)
     inference_chunk_rows = 1024  # CIN builds a (rows, D, H * F) outer product per layer
 
     def _build_components(self) -> None:
-        dnn_cfg, cin_cfg = self.config.dnn, self.config.cin
+        cin_cfg = self.config.cin
         self.cin = CIN(
             self.schema.num_fields,
             self.config.fm.embed_dim,
@@ -33,14 +33,7 @@ class xDeepFM(BaseCTRModel):  # noqa: N801 (the paper's spelling)
             split_half=cin_cfg.split_half,
         )
         self.cin_out = nn.Linear(self.cin.output_dim, 1)
-        self.dnn = DNN(
-            self.embedding.total_embedding_dim,
-            dnn_cfg.hidden_units,
-            activation=dnn_cfg.activation,
-            dropout=dnn_cfg.dropout,
-            use_batch_norm=dnn_cfg.use_batch_norm,
-        )
-        self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
+        self._build_dnn_head(self.embedding.total_embedding_dim)
 
     def _forward_components(
         self,
@@ -49,5 +42,4 @@ class xDeepFM(BaseCTRModel):  # noqa: N801 (the paper's spelling)
         flat_embeddings: torch.Tensor | None,
     ) -> torch.Tensor:
         y_cin = self.cin_out(self.cin(field_embeddings))  # (B, 1)
-        y_dnn = self.dnn_out(self.dnn(flat_embeddings))  # (B, 1)
-        return first_order + y_cin + y_dnn
+        return first_order + y_cin + self._dnn_logit(flat_embeddings)  # (B, 1)
