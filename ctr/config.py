@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ctr.errors import CTRError
 
@@ -37,7 +45,7 @@ class DataConfig(_Section):
 class FeatureConfig(_Section):
     embedding_dim: int = Field(16, ge=1)  # default embedding size of every field
     # per-field override of embedding_dim, e.g. {"user_id": 32}
-    field_embedding_dims: dict[str, int] = Field(default_factory=dict)
+    field_embedding_dims: dict[str, PositiveInt] = Field(default_factory=dict)
     max_genres: int = Field(6, ge=1)  # padded length of the multi-hot genre list
 
 
@@ -48,15 +56,32 @@ class FMConfig(_Section):
 
 
 class DNNConfig(_Section):
-    hidden_units: list[int] = Field(default_factory=lambda: [256, 128, 64], min_length=1)
+    hidden_units: list[PositiveInt] = Field(default_factory=lambda: [256, 128, 64], min_length=1)
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "prelu"] = "relu"
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     use_batch_norm: bool = False
 
+    @field_validator("dropout")
+    @classmethod
+    def _check_dropout(cls, p: float) -> float:
+        # the DNN's Dropout draws its mask in steps of 2^-16 and refuses a p that rounds to 1
+        if round(p * 65536) >= 65536:
+            raise ValueError(f"expected dropout < 1 - 2**-17 (it rounds to 1), got {p}")
+        return p
+
 
 class CINConfig(_Section):
-    layer_sizes: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
+    layer_sizes: list[PositiveInt] = Field(default_factory=lambda: [128, 128], min_length=1)
     split_half: bool = True  # xDeepFM paper: half of each layer feeds the next, half the output
+
+    @model_validator(mode="after")
+    def _check_even_sizes(self) -> CINConfig:
+        if self.split_half and any(h % 2 for h in self.layer_sizes[:-1]):
+            raise ValueError(
+                f"with split_half every CIN layer but the last is halved, so its size must be "
+                f"even; got layer_sizes={self.layer_sizes} (use even sizes or split_half=false)"
+            )
+        return self
 
 
 class AttentionConfig(_Section):
@@ -120,6 +145,17 @@ class ExperimentConfig(_Section):
     cin: CINConfig = Field(default_factory=CINConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_model_name(cls, name: str) -> str:
+        # Imported here, not at the top: ctr.models imports this module (the models read
+        # ExperimentConfig), so a top-level import would be a cycle.
+        from ctr.models import MODEL_REGISTRY, list_models
+
+        if name not in MODEL_REGISTRY:
+            raise ValueError(f"expected a model name in {list_models()}, got {name!r}")
+        return name
 
     @model_validator(mode="after")
     def _check_monitor(self) -> ExperimentConfig:

@@ -148,3 +148,63 @@ def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.data.dataset == "movielens-100k"
     assert path.stem.startswith(cfg.model_name)
+
+
+def test_misspelt_model_name_fails_when_the_config_is_validated(tmp_path):
+    path = _write(tmp_path, "model_name: deepfn\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "model_name" in message and "'deepfn'" in message
+    for known in ("attention_deepfm", "deepfm", "fm", "lr", "xdeepfm"):
+        assert repr(known) in message
+    with pytest.raises(ConfigError, match="expected a model name in"):
+        load_config(None, ["model_name=xdeepFM"])
+
+
+def test_a_model_registered_later_is_a_valid_model_name():
+    from ctr.models import MODEL_REGISTRY, DeepFM
+
+    MODEL_REGISTRY["deepfm_copy_for_config_test"] = DeepFM
+    try:
+        assert load_config(None, ["model_name=deepfm_copy_for_config_test"]).model_name
+    finally:
+        del MODEL_REGISTRY["deepfm_copy_for_config_test"]
+
+
+@pytest.mark.parametrize(
+    ("override", "where", "why"),
+    [
+        ("dnn.hidden_units=[128,0]", "dnn.hidden_units.1", "greater than 0"),
+        ("dnn.hidden_units=[]", "dnn.hidden_units", "at least 1 item"),
+        ("cin.layer_sizes=[64,0]", "cin.layer_sizes.1", "greater than 0"),
+        ("cin.layer_sizes=[]", "cin.layer_sizes", "at least 1 item"),
+        ("cin.layer_sizes=[128,65,64]", "cin", "must be even"),
+        ("attention.attention_dim=0", "attention.attention_dim", "greater than or equal to 1"),
+        ("features.field_embedding_dims={user_id: 0}", "field_embedding_dims.user_id", "than 0"),
+        ("dnn.dropout=0.999995", "dnn.dropout", "rounds to 1"),
+    ],
+)
+def test_sizes_a_layer_would_refuse_are_config_errors(override, where, why):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert where in str(err.value) and why in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["cin.layer_sizes=[128,65]"],  # the last layer is not halved
+        ["cin.layer_sizes=[65,33]", "cin.split_half=false"],
+        ["dnn.dropout=0.99"],
+    ],
+)
+def test_sizes_the_layers_accept_are_valid(overrides):
+    from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
+    from ctr.models import create_model
+
+    config = load_config(None, ["model_name=xdeepfm", *overrides])
+    schema = DatasetSchema(
+        [FieldSchema("a", FeatureType.SPARSE, 5, 8), FieldSchema("b", FeatureType.SPARSE, 7, 8)]
+    )
+    assert create_model("xdeepfm", schema, config).cin.layer_sizes == list(config.cin.layer_sizes)

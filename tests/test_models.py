@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctr.config import ExperimentConfig, build_config
+from ctr.config import ConfigError, ExperimentConfig, build_config
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models import (
     MODEL_REGISTRY,
@@ -139,8 +139,8 @@ def test_models_read_their_config_sections():
     assert len(a.attention.layers) == 3
     assert a.attention.output_dim == 8  # (B, F, D) -> (B, F, D) with D = fm.embed_dim
     assert a.dnn.input_dim == schema.num_fields * 8 + schema.total_embedding_dim
-    with pytest.raises(ValueError, match="even"):
-        create_model("xdeepfm", schema, make_config("cin.layer_sizes=[5, 4]"))
+    with pytest.raises(ConfigError, match="even"):  # refused by the config, before the CIN
+        make_config("cin.layer_sizes=[5, 4]")
 
 
 def test_unknown_model_name_lists_known_names():
@@ -181,16 +181,17 @@ def test_register_model_adds_a_new_model():
         ("genres", torch.ones(B, 2, dtype=torch.int64), r"field 'genres'.*\(B, 4\).*\(8, 2\)"),
     ],
 )
-def test_malformed_batch_raises(name, field, value, message):
-    schema = make_schema()
-    model = create_model(name, schema, make_config())
-    batch = make_batch(schema)
-    if value is None:
-        del batch[field]
-    else:
+def test_malformed_batch_raises_in_training_and_in_scoring(name, field, value, message):
+    """The embedding's batch checks (all of them in tests/test_layers.py) guard every
+    model, in training and in no-grad eval scoring, which may chunk the batch first."""
+    model = create_model(name, make_schema(), make_config())
+    batch = {k: v for k, v in make_batch(model.schema).items() if k != field}
+    if value is not None:
         batch[field] = value
-    with pytest.raises(ValueError, match=message):
-        model(batch)
+    for training in (True, False):
+        model.train(training)
+        with torch.set_grad_enabled(training), pytest.raises(ValueError, match=message):
+            model(batch)
 
 
 def test_constructor_rejects_wrong_argument_types():

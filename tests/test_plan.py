@@ -41,6 +41,20 @@ class Step:
 
 IMPORT_OK = (r"^ok$",)
 
+# Steps 4.2-4.4: one command but for the model's module and class (and 4.2's comment)
+MODEL_STEP = """python -c "
+import torch
+from ctr.data.schema import FieldSchema, DatasetSchema, FeatureType
+from ctr.config import ExperimentConfig
+from ctr.models.{module} import {cls}
+fields = {{'u': FieldSchema('u', FeatureType.SPARSE, 100, 8), 'i': FieldSchema('i', FeatureType.SPARSE, 200, 16)}}
+schema = DatasetSchema(fields=fields, label_field='label')
+model = {cls}(schema, ExperimentConfig())
+batch = {{'u': torch.tensor([1,2]), 'i': torch.tensor([5,10])}}
+print(f'logits: {{model(batch).shape}}'){comment}
+\""""
+LOGITS_2X1 = (r"^logits: torch\.Size\(\[2, 1\]\)$",)
+
 STEPS = [
     Step(
         "1.1",
@@ -195,50 +209,13 @@ print(f'Attention output: {out.shape}')  # (4, 6, 16)
         """python -c "from ctr.models.base import BaseCTRModel; print('ok')\"""",
         IMPORT_OK,
     ),
-    Step(
-        "4.2",
-        """python -c "
-import torch
-from ctr.data.schema import FieldSchema, DatasetSchema, FeatureType
-from ctr.config import ExperimentConfig
-from ctr.models.deepfm import DeepFM
-fields = {'u': FieldSchema('u', FeatureType.SPARSE, 100, 8), 'i': FieldSchema('i', FeatureType.SPARSE, 200, 16)}
-schema = DatasetSchema(fields=fields, label_field='label')
-model = DeepFM(schema, ExperimentConfig())
-batch = {'u': torch.tensor([1,2]), 'i': torch.tensor([5,10])}
-print(f'logits: {model(batch).shape}')  # (2, 1)
-\"""",
-        (r"^logits: torch\.Size\(\[2, 1\]\)$",),
-    ),
-    Step(
-        "4.3",
-        """python -c "
-import torch
-from ctr.data.schema import FieldSchema, DatasetSchema, FeatureType
-from ctr.config import ExperimentConfig
-from ctr.models.xdeepfm import xDeepFM
-fields = {'u': FieldSchema('u', FeatureType.SPARSE, 100, 8), 'i': FieldSchema('i', FeatureType.SPARSE, 200, 16)}
-schema = DatasetSchema(fields=fields, label_field='label')
-model = xDeepFM(schema, ExperimentConfig())
-batch = {'u': torch.tensor([1,2]), 'i': torch.tensor([5,10])}
-print(f'logits: {model(batch).shape}')
-\"""",
-        (r"^logits: torch\.Size\(\[2, 1\]\)$",),
-    ),
-    Step(
-        "4.4",
-        """python -c "
-import torch
-from ctr.data.schema import FieldSchema, DatasetSchema, FeatureType
-from ctr.config import ExperimentConfig
-from ctr.models.attention_deepfm import AttentionDeepFM
-fields = {'u': FieldSchema('u', FeatureType.SPARSE, 100, 8), 'i': FieldSchema('i', FeatureType.SPARSE, 200, 16)}
-schema = DatasetSchema(fields=fields, label_field='label')
-model = AttentionDeepFM(schema, ExperimentConfig())
-batch = {'u': torch.tensor([1,2]), 'i': torch.tensor([5,10])}
-print(f'logits: {model(batch).shape}')
-\"""",
-        (r"^logits: torch\.Size\(\[2, 1\]\)$",),
+    *(
+        Step(step, MODEL_STEP.format(module=module, cls=cls, comment=comment), LOGITS_2X1)
+        for step, module, cls, comment in [
+            ("4.2", "deepfm", "DeepFM", "  # (2, 1)"),
+            ("4.3", "xdeepfm", "xDeepFM", ""),
+            ("4.4", "attention_deepfm", "AttentionDeepFM", ""),
+        ]
     ),
     Step(
         "4.5",

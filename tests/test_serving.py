@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -23,15 +22,12 @@ import torch
 from tests.conftest import (
     FAST_OVERRIDES,
     ROOT,
-    VENV_BIN,
     TrainedExperiment,
-    free_port,
-    stop_process,
     subprocess_env,
     tracking_env,
-    wait_until_answers,
 )
 from tests.readme_blocks import readme_blocks, readme_commands
+from tests.servers import readme_server
 from tests.test_recommender import (
     UNKNOWN_MOVIE,
     UNKNOWN_USER,
@@ -306,21 +302,17 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
         in_process = mlflow.pyfunc.load_model("models:/deepfm-movielens-recommender@champion")
 
     # serve it, exactly as written but on a free port
-    port = free_port()
-    argv = shlex.split(serve_cmd.replace("-p 5001", f"-p {port}"))
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / argv[0]), *argv[1:]],
-            env=subprocess_env(exp.uri),
-            cwd=tmp_path,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as one below
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(f"{url}/ping", proc, log, timeout=150.0)
+    with readme_server(
+        serve_cmd,
+        "-p 5001",
+        "/ping",
+        tmp_path / "serve.log",
+        env=subprocess_env(exp.uri),
+        cwd=tmp_path,
+        timeout=150.0,
+        group=True,  # its own process group: uvicorn's workers are stopped with it
+    ) as server:
+        url, port = server.url, server.port
 
         # the README's requests: scores (dataframe_split) and top-K (dataframe_records)
         url_split, body_split = curl_request(curls[0], port)
@@ -387,8 +379,6 @@ def test_registered_recommender_answers_over_http_as_the_readme_says(
             exec(compile(snippet, "README.md", "exec"), namespace)
         np.testing.assert_allclose(namespace["scores"]["score"], got[:2], rtol=0, atol=1e-6)
         assert namespace["top"]["title"].tolist() == top["title"].tolist()
-    finally:
-        stop_process(proc, grace=20.0, group=True)
-    assert proc.returncode is not None
+    assert server.proc.returncode is not None
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/ping", timeout=2)

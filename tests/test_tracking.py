@@ -24,9 +24,9 @@ from tests.conftest import (
     stop_process,
     subprocess_env,
     tracking_env,
-    wait_until_answers,
 )
 from tests.readme_blocks import readme_blocks, readme_commands
+from tests.servers import readme_server
 
 EPOCH_METRICS = [
     "train_loss",
@@ -513,24 +513,17 @@ def test_readme_walkthrough_against_the_embedded_default(tmp_path, monkeypatch):
 
     # 2. the UI server on the same database
     (server_cmd,) = [c for c in commands if c.startswith("mlflow server ")]
-    port = free_port()
-    argv = shlex.split(server_cmd.replace("--port 5000", f"--port {port}"))
-    log = tmp_path / "ui-server.log"
-    with open(log, "wb") as fh:
-        server = subprocess.Popen(
-            [str(VENV_BIN / argv[0]), *argv[1:]],
-            cwd=tmp_path,
-            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_answers(f"http://127.0.0.1:{port}/health", server, log)
-        served = MlflowClient(f"http://127.0.0.1:{port}").search_runs([exp.experiment_id])
+    with readme_server(
+        server_cmd,
+        "--port 5000",
+        "/health",
+        tmp_path / "ui-server.log",
+        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=tmp_path,
+    ) as server:
+        served = MlflowClient(server.url).search_runs([exp.experiment_id])
         assert [r.info.run_id for r in served] == [run.info.run_id]
         executed.add(server_cmd)
-    finally:
-        stop_process(server)
 
     # 3.-4. compare and promote exactly as written, in the working directory
     monkeypatch.chdir(tmp_path)
