@@ -8,17 +8,17 @@ ConfigError, DataNotFoundError, RunQueryError, PromotionError, ...) say what
 was wrong and the fix, so they become a one-line message and exit code 1;
 click's usage errors exit 2. Any other exception is a bug and keeps its
 traceback. `ctr --debug ...` (or CTR_DEBUG=1) shows the traceback of every error.
+The error handling and the option groups several commands share are in
+experiments/cli_options.py.
 """
 
 from __future__ import annotations
 
-import functools
 import shlex
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import click
+
+from experiments.cli_options import override_options, run_selection_options, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,74 +31,6 @@ import click
 @click.version_option(package_name="ctr")
 def main(debug: bool) -> None:
     """Train, evaluate, compare and promote CTR models on MovieLens-100K."""
-
-
-def _debug_requested() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.find_root().params.get("debug"))
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the project's typed errors into click.ClickException (exit 1, one line).
-
-    Anything else propagates with its traceback (a bug, not bad input); with
-    --debug / CTR_DEBUG=1 the typed errors do too.
-    """
-    try:
-        yield
-    except click.ClickException:
-        raise
-    except Exception as exc:
-        from ctr.errors import CTRError
-
-        if not isinstance(exc, CTRError) or _debug_requested():
-            raise
-        message = str(exc)
-        run_id = getattr(exc, "mlflow_run_id", None)
-        if run_id:
-            message += f"\n(MLflow run {run_id} is marked FAILED; its tag 'error' says why)"
-        raise click.ClickException(message) from exc
-
-
-def override_options(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Config overrides for a command, in one form everywhere.
-
-    `--override A=1 --override B=2` and `--override A=1 B=2` (more KEY=VALUE after
-    one flag) both reach the command as `overrides=("A=1", "B=2")`.
-    """
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(command)
-        def wrapper(
-            *args: Any, overrides: tuple[str, ...], more_overrides: tuple[str, ...], **kwargs: Any
-        ) -> Any:
-            return command(*args, overrides=_merge_overrides(overrides, more_overrides), **kwargs)
-
-        wrapper = click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")(wrapper)
-        return click.option(
-            "--override", "overrides", multiple=True, metavar="KEY=VALUE", help=help_text
-        )(wrapper)
-
-    return decorate
-
-
-def _merge_overrides(flagged: tuple[str, ...], trailing: tuple[str, ...]) -> tuple[str, ...]:
-    """The pairs given with --override, then those that followed a flag.
-
-    click keeps each group in order but not how the two interleave, so a key
-    set in both groups would have no defined last value: that is a usage error.
-    """
-    stray = [arg for arg in trailing if "=" not in arg]
-    if stray:
-        raise click.UsageError(f"expected KEY=VALUE overrides, got {stray}")
-    keys = {pair.split("=", 1)[0].strip() for pair in flagged}
-    twice = sorted(keys & {pair.split("=", 1)[0].strip() for pair in trailing})
-    if twice:
-        raise click.UsageError(
-            f"expected each override key once, got {twice} more than once; give each key one value"
-        )
-    return (*flagged, *trailing)
 
 
 # ---------------------------------------------------------------------- train
@@ -199,13 +131,9 @@ def train(
 
 # -------------------------------------------------------------------- compare
 @main.command()
-@click.option("--experiment", default="movielens-100k", show_default=True, help="Experiment name.")
-@click.option("--metric", default="val_ndcg_at_10", show_default=True, help="Sort by this metric.")
-@click.option(
-    "--filter",
-    "filter_string",
-    default=None,
-    help="MLflow run filter, e.g. \"params.model = 'deepfm'\".",
+@run_selection_options(
+    metric_help="Sort by this metric.",
+    filter_help="MLflow run filter, e.g. \"params.model = 'deepfm'\".",
 )
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the best N.")
 @click.option(
@@ -227,9 +155,7 @@ def train(
 )
 @click.option("--all-metrics", is_flag=True, help="Every val/test metric (csv/json: always).")
 def compare(
-    experiment: str,
-    metric: str,
-    filter_string: str | None,
+    runs: dict[str, str | None],
     top: int | None,
     fmt: str,
     plot: str | None,
@@ -242,9 +168,7 @@ def compare(
         from experiments.compare import compare_runs, plot_metric_curves, render
 
         cmp = compare_runs(
-            experiment,
-            metric=metric,
-            filter_string=filter_string,
+            **runs,
             top=top,
             diff_only=diff_only,
             group_by=group_by,
@@ -261,28 +185,20 @@ def compare(
 
 # -------------------------------------------------------------------- promote
 @main.command()
-@click.option("--experiment", default="movielens-100k", show_default=True, help="Experiment name.")
-@click.option(
-    "--metric", default="val_ndcg_at_10", show_default=True, help="Choose by this metric."
+@run_selection_options(
+    metric_help="Choose by this metric.",
+    filter_help="Only consider runs matching this MLflow filter.",
 )
 @click.option(
     "--model-name", default=None, help="Registered model (default: <model>-movielens of the run)."
 )
 @click.option("--alias", default="champion", show_default=True)
-@click.option(
-    "--filter",
-    "filter_string",
-    default=None,
-    help="Only consider runs matching this MLflow filter.",
-)
 @click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
 @click.option("--force", is_flag=True, help="Promote even if the current alias holder is better.")
 def promote(
-    experiment: str,
-    metric: str,
+    runs: dict[str, str | None],
     model_name: str | None,
     alias: str,
-    filter_string: str | None,
     dry_run: bool,
     force: bool,
 ) -> None:
@@ -291,13 +207,7 @@ def promote(
         from experiments.promote import promote_best_run
 
         result = promote_best_run(
-            experiment,
-            metric=metric,
-            model_name=model_name,
-            alias=alias,
-            dry_run=dry_run,
-            force=force,
-            filter_string=filter_string,
+            **runs, model_name=model_name, alias=alias, dry_run=dry_run, force=force
         )
     click.echo(result.message)
     if not dry_run:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ctr.errors import CTRError
+from experiments.artifacts import MODEL_NAME
 from experiments.runs import (
     DEFAULT_METRIC,
     get_client,
@@ -29,7 +30,6 @@ from experiments.runs import (
     metric_value,
     ranked_runs,
 )
-from experiments.tracking import MODEL_NAME
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

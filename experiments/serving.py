@@ -24,7 +24,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from ctr.serving import Recommender
-from experiments.tracking import silence_pickle_warnings
+from experiments.artifacts import silence_pickle_warnings
 
 if TYPE_CHECKING:
     import torch
@@ -101,13 +101,13 @@ def input_example() -> pd.DataFrame:
 
 def code_paths() -> list[str]:
     """The `ctr` and `experiments` packages, copied into the logged model."""
-    from experiments.tracking import ctr_package_dir
+    from experiments.artifacts import ctr_package_dir
 
     return [str(ctr_package_dir()), str(Path(__file__).resolve().parent)]
 
 
 def _log_kwargs(recommender: Recommender, tmp: str) -> dict[str, Any]:
-    from experiments.tracking import pip_requirements
+    from experiments.artifacts import pip_requirements
 
     return {
         "python_model": RecommenderModel(),

@@ -64,7 +64,7 @@ def test_metric_keys_never_contain_at():
 def test_pip_requirements_pin_the_installed_versions():
     from importlib import metadata
 
-    from experiments.tracking import pip_requirements
+    from experiments.artifacts import pip_requirements
 
     reqs = dict(r.split("==") for r in pip_requirements())
     assert reqs["torch"] == metadata.version("torch").split("+")[0]
