@@ -22,6 +22,7 @@ from ctr.models import (
     register_model,
 )
 from ctr.utils import seed_everything
+from tests.test_layers import make_batch as layer_batch
 
 B = 8
 EXPECTED_MODELS = ["attention_deepfm", "deepfm", "fm", "lr", "xdeepfm"]
@@ -51,18 +52,8 @@ def make_config(*overrides: str) -> ExperimentConfig:
 
 
 def make_batch(schema: DatasetSchema, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for f in schema.fields.values():
-        if f.feature_type is FeatureType.SPARSE:
-            batch[f.name] = torch.randint(1, f.vocabulary_size, (B,), generator=g)
-        elif f.feature_type is FeatureType.DENSE:
-            batch[f.name] = torch.rand(B, generator=g) + 0.5
-        else:
-            x = torch.randint(1, f.vocabulary_size, (B, f.max_length), generator=g)
-            x[:, 2:] = 0  # padding
-            batch[f.name] = x
-    return batch
+    """B random rows of `schema` (the layer tests' batches: unknown ids, empty sequences)."""
+    return layer_batch(schema, B, seed)
 
 
 @pytest.fixture(params=EXPECTED_MODELS)

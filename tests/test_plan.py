@@ -53,6 +53,13 @@ model = {cls}(schema, ExperimentConfig())
 batch = {{'u': torch.tensor([1,2]), 'i': torch.tensor([5,10])}}
 print(f'logits: {{model(batch).shape}}'){comment}
 \""""
+# Steps 2.2 and 2.3 start alike: the adapter builds the data
+ADAPTER_BUILT = """python -c "
+from ctr.config import ExperimentConfig
+from ctr.data.movielens import MovieLensAdapter
+adapter = MovieLensAdapter('data/ml-100k', ExperimentConfig().data)
+schema, train_ds, val_ds, test_ds = adapter.build()
+"""
 LOGITS_2X1 = (r"^logits: torch\.Size\(\[2, 1\]\)$",)
 
 STEPS = [
@@ -97,12 +104,8 @@ print(len(ds))
     ),
     Step(
         "2.2",
-        """python -c "
-from ctr.config import ExperimentConfig
-from ctr.data.movielens import MovieLensAdapter
-adapter = MovieLensAdapter('data/ml-100k', ExperimentConfig().data)
-schema, train_ds, val_ds, test_ds = adapter.build()
-print(f'Schema fields: {list(schema.fields.keys())}')
+        ADAPTER_BUILT
+        + """print(f'Schema fields: {list(schema.fields.keys())}')
 print(f'Train: {len(train_ds)}, Val: {len(val_ds)}, Test: {len(test_ds)}')
 \"""",
         (
@@ -114,12 +117,8 @@ print(f'Train: {len(train_ds)}, Val: {len(val_ds)}, Test: {len(test_ds)}')
     ),
     Step(
         "2.3",
-        """python -c "
-from ctr.config import ExperimentConfig
-from ctr.data.movielens import MovieLensAdapter
-adapter = MovieLensAdapter('data/ml-100k', ExperimentConfig().data)
-schema, train_ds, val_ds, test_ds = adapter.build()
-print(f'Train (with neg): {len(train_ds)}')
+        ADAPTER_BUILT
+        + """print(f'Train (with neg): {len(train_ds)}')
 print(f'Val (with neg): {len(val_ds)}')
 
 # Train should be ~5x positive count, val should be ~1000 per user
