@@ -38,6 +38,39 @@ def test_len_indexing_and_dtypes():
     assert len(sub) == 2 and sub.features["user"].tolist() == [1, 2]
 
 
+def test_to_device_returns_a_dataset_with_the_same_rows():
+    ds = _dataset()
+    moved = ds.to("cpu")
+    assert isinstance(moved, TabularDataset) and moved is not ds
+    assert len(moved) == len(ds)
+    assert moved.features.keys() == ds.features.keys()
+    for name, column in ds.features.items():
+        assert moved.features[name].device == torch.device("cpu")
+        assert torch.equal(moved.features[name], column), name
+    assert torch.equal(moved.labels, ds.labels)
+    # a device without data of its own: the shapes, dtypes and length still travel
+    meta = ds.to(torch.device("meta"))
+    assert len(meta) == len(ds)
+    assert meta.labels.device.type == "meta" and meta.labels.dtype == torch.float32
+    for name, column in ds.features.items():
+        assert meta.features[name].device.type == "meta", name
+        assert meta.features[name].shape == column.shape
+        assert meta.features[name].dtype == column.dtype
+    assert ds.features["user"].device == torch.device("cpu")  # the original stays put
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_cuda_and_back_keeps_every_value():
+    ds = _dataset()
+    on_gpu = ds.to("cuda")
+    assert on_gpu.labels.device.type == "cuda" and len(on_gpu) == len(ds)
+    back = on_gpu.to("cpu")
+    for name, column in ds.features.items():
+        assert on_gpu.features[name].device.type == "cuda", name
+        assert torch.equal(back.features[name], column), name
+    assert torch.equal(back.labels, ds.labels)
+
+
 def test_unlabelled_and_invalid_inputs():
     ds = TabularDataset({"a": np.arange(3)})
     assert ds.labels.tolist() == [0.0, 0.0, 0.0]

@@ -14,6 +14,7 @@ from typing import Any
 
 from ctr.data.dataset import EvalSplit, TabularDataset
 from ctr.data.movielens import DataNotFoundError, MovieLensAdapter, MovieLensPreprocessor
+from ctr.data.paths import resolve_data_dir
 from ctr.data.sampling import NegativeSamplingTrainSet
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.data.transforms import LabelEncoder, MinMaxScaler, MultiHotEncoder, encoder_from_dict
@@ -81,4 +82,5 @@ __all__ = [
     "encoder_from_dict",
     "get_adapter",
     "register_adapter",
+    "resolve_data_dir",
 ]

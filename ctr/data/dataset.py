@@ -70,6 +70,12 @@ class TabularDataset(torch.utils.data.Dataset):
         index = torch.as_tensor(index, dtype=torch.int64)
         return {k: v.index_select(0, index) for k, v in self.features.items()}, self.labels[index]
 
+    def to(self, device: str | torch.device) -> TabularDataset:
+        """A dataset with the same rows on `device` (tensors already there are shared)."""
+        return TabularDataset(
+            {k: v.to(device) for k, v in self.features.items()}, self.labels.to(device)
+        )
+
     def subset(self, index: torch.Tensor | np.ndarray) -> TabularDataset:
         batch, labels = self.take(index)
         return TabularDataset(batch, labels)
