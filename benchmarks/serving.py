@@ -69,7 +69,7 @@ def build_recommender(model_name: str, directory: Path) -> str:
 
     from ctr.config import load_config
     from ctr.models import create_model
-    from ctr.training.trainer import build_data
+    from ctr.training import build_data
     from experiments.serving import save_recommender
 
     config = load_config(ROOT / "configs" / f"{model_name}_movielens.yaml", [])

@@ -82,10 +82,10 @@ def run_results(
     jobs: runs trained in parallel processes (each with one torch thread when > 1).
     """
     from ctr.config import load_config
+    from ctr.data import resolve_data_dir
     from ctr.training import build_data
     from ctr.training.baselines import PopularityModel
     from ctr.training.metrics import RankingEvaluator
-    from ctr.training.trainer import resolve_data_dir
 
     config_dir = resolve_data_dir(config_dir)  # relative: cwd, then the project root
     tasks = []

@@ -54,7 +54,7 @@ def tiny_recommender() -> SimpleNamespace:
     from ctr.config import load_config
     from ctr.models import create_model
     from ctr.serving import Recommender
-    from ctr.training.trainer import build_data
+    from ctr.training import build_data
 
     config = load_config(ROOT / "configs" / "deepfm_movielens.yaml", FAST_OVERRIDES)
     adapter, schema, *_ = build_data(config)

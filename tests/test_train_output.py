@@ -14,7 +14,7 @@ import torch
 from ctr.config import build_config
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models import MODEL_REGISTRY, create_model
-from ctr.training.trainer import _Progress
+from ctr.training.progress import _Progress
 from experiments.tracking import (
     cpu_model,
     run_params,

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctr.config import load_config
-from ctr.models import create_model
-from ctr.training import Callback, Trainer, build_data, evaluate_checkpoint
-from ctr.utils import load_checkpoint, seed_everything
+from ctr.config import ConfigError, load_config
+from ctr.training import Callback, build_data, build_trainer, evaluate_checkpoint
+from ctr.training.baselines import PopularityModel
+from ctr.training.metrics import RankingEvaluator
+from ctr.utils import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,37 +33,37 @@ FAST = [
 
 
 @pytest.fixture(scope="module")
-def data():
-    config = load_config(ROOT / "configs/deepfm_movielens.yaml", FAST)
-    _, schema, train_ds, val_ds, test_ds = build_data(config)
+def built():
+    """One data build (adapter, schema, train_ds, val_ds, test_ds) shared by the trainers."""
+    return build_data(load_config(ROOT / "configs/deepfm_movielens.yaml", FAST))
+
+
+@pytest.fixture(scope="module")
+def data(built):
+    _, schema, train_ds, val_ds, test_ds = built
     return schema, train_ds, val_ds, test_ds
 
 
-def make_trainer(data, tmp_path, overrides=(), callbacks=None, name="run"):
-    schema, train_ds, val_ds, test_ds = data
-    config = load_config(ROOT / "configs/deepfm_movielens.yaml", [*FAST, *overrides])
-    seed_everything(config.seed)
-    model = create_model(config.model_name, schema, config)
-    return Trainer(
-        model,
-        schema,
-        config,
-        train_ds,
-        val_ds,
-        test_ds,
-        callbacks=callbacks,
-        checkpoint_dir=tmp_path / name,
-    )
+@pytest.fixture
+def make_trainer(built, tmp_path):
+    """make_trainer(overrides, callbacks, name): the Trainer `fit` builds, on the shared data."""
+
+    def make(overrides=(), callbacks=None, name="run"):
+        config = load_config(ROOT / "configs/deepfm_movielens.yaml", [*FAST, *overrides])
+        trainer, _ = build_trainer(config, callbacks, tmp_path / name, data=built)
+        return trainer
+
+    return make
 
 
 def _without_timings(history):
     return [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in history]
 
 
-def test_seeded_cpu_runs_are_bit_for_bit_repeatable(data, tmp_path):
-    a = make_trainer(data, tmp_path, ["training.num_epochs=1"], name="a")
+def test_seeded_cpu_runs_are_bit_for_bit_repeatable(make_trainer):
+    a = make_trainer(["training.num_epochs=1"], name="a")
     summary_a = a.fit()
-    b = make_trainer(data, tmp_path, ["training.num_epochs=1"], name="b")
+    b = make_trainer(["training.num_epochs=1"], name="b")
     summary_b = b.fit()
     assert _without_timings(a.history) == _without_timings(b.history)
     assert summary_a["test_ndcg_at_10"] == summary_b["test_ndcg_at_10"]
@@ -73,14 +74,12 @@ def test_seeded_cpu_runs_are_bit_for_bit_repeatable(data, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["training.ema_decay=0.99"]], ids=["plain", "ema"])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path, extra):
-    full = make_trainer(data, tmp_path, [*extra, "training.num_epochs=2"], name="full")
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(make_trainer, tmp_path, extra):
+    full = make_trainer([*extra, "training.num_epochs=2"], name="full")
     full.fit()
-    first = make_trainer(data, tmp_path, [*extra, "training.num_epochs=1"], name="first")
+    first = make_trainer([*extra, "training.num_epochs=1"], name="first")
     first.fit()
     resumed = make_trainer(
-        data,
-        tmp_path,
         [*extra, "training.num_epochs=2", f"training.resume_from={tmp_path / 'first' / 'last.pt'}"],
         name="resumed",
     )
@@ -93,8 +92,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path, ex
         assert torch.equal(pa, pb), name
 
 
-def test_weight_average_is_what_is_evaluated_saved_and_returned(data, tmp_path):
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=1", "training.ema_decay=0.99"])
+def test_weight_average_is_what_is_evaluated_saved_and_returned(make_trainer, data, tmp_path):
+    trainer = make_trainer(["training.num_epochs=1", "training.ema_decay=0.99"])
     summary = trainer.fit()
     state = load_checkpoint(tmp_path / "run" / "best.pt", "cpu")
     averaged, trained = state["model_state"], state["train_model_state"]
@@ -110,8 +109,8 @@ def test_weight_average_is_what_is_evaluated_saved_and_returned(data, tmp_path):
     assert metrics["val_ndcg_at_10"] == pytest.approx(summary["best_val_ndcg_at_10"])
 
 
-def test_negatives_are_fresh_every_epoch_and_loss_falls(data, tmp_path):
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"])
+def test_negatives_are_fresh_every_epoch_and_loss_falls(make_trainer, data):
+    trainer = make_trainer(["training.num_epochs=2"])
     trainer.fit()
     losses = [h["train_loss"] for h in trainer.history]
     assert losses[1] < losses[0]
@@ -145,9 +144,9 @@ class Recorder(Callback):
         self.events.append(("exception", str(exc)))
 
 
-def test_callbacks_see_every_epoch_checkpoint_and_the_summary(data, tmp_path):
+def test_callbacks_see_every_epoch_checkpoint_and_the_summary(make_trainer):
     recorder = Recorder()
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"], callbacks=[recorder])
+    trainer = make_trainer(["training.num_epochs=2"], callbacks=[recorder])
     summary = trainer.fit()
     kinds = [e[0] for e in recorder.events]
     assert kinds[0] == "begin" and kinds[-1] == "end"
@@ -175,20 +174,18 @@ def test_callbacks_see_every_epoch_checkpoint_and_the_summary(data, tmp_path):
     assert reevaluated["test_ndcg_at_10"] == pytest.approx(summary["test_ndcg_at_10"], abs=1e-6)
 
 
-def test_a_failing_run_reports_the_exception_and_keeps_its_checkpoint(data, tmp_path):
+def test_a_failing_run_reports_the_exception_and_keeps_its_checkpoint(make_trainer):
     recorder = Recorder(fail_at_epoch=1)
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2"], callbacks=[recorder])
+    trainer = make_trainer(["training.num_epochs=2"], callbacks=[recorder])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit()
     assert recorder.events[-1] == ("exception", "boom")
     assert not any(e[0] == "end" for e in recorder.events)
 
 
-def test_early_stopping_stops_when_the_monitor_stalls(data, tmp_path):
+def test_early_stopping_stops_when_the_monitor_stalls(make_trainer):
     # val_logloss falls as the model learns, so in "max" mode it never improves after epoch 1
     trainer = make_trainer(
-        data,
-        tmp_path,
         [
             "training.num_epochs=6",
             "training.monitor=val_logloss",
@@ -215,8 +212,8 @@ def test_early_stopping_stops_when_the_monitor_stalls(data, tmp_path):
     ],
     ids=["adamw-step", "sgd-cosine", "plateau-clip", "bpr-l2", "softmax-ema"],
 )
-def test_optimizers_schedulers_and_losses_train(data, tmp_path, overrides):
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=2", *overrides])
+def test_optimizers_schedulers_and_losses_train(make_trainer, overrides):
+    trainer = make_trainer(["training.num_epochs=2", *overrides])
     summary = trainer.fit()
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in trainer.history)
     assert summary["best_val_auc"] > 0.55
@@ -234,9 +231,9 @@ class _FixedLogits(torch.nn.Module):
 
 
 @pytest.mark.parametrize("loss", ["bpr", "softmax"])
-def test_grouped_losses_match_hand_computed_values(data, tmp_path, loss):
+def test_grouped_losses_match_hand_computed_values(make_trainer, loss):
     # 2 positives, then their 4 negatives each (the layout _grouped_batches yields)
-    trainer = make_trainer(data, tmp_path, [f"training.loss={loss}"])
+    trainer = make_trainer([f"training.loss={loss}"])
     pos = torch.tensor([2.0, 0.0])
     neg = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]])
     trainer.model = _FixedLogits(torch.cat([pos, neg.reshape(-1)]))
@@ -255,8 +252,8 @@ def test_grouped_losses_match_hand_computed_values(data, tmp_path, loss):
     assert weighted == pytest.approx((1.5 * per_group[0] + 0.5 * per_group[1]) / 2, rel=1e-6)
 
 
-def test_weighted_bce_matches_hand_computed_value(data, tmp_path):
-    trainer = make_trainer(data, tmp_path)
+def test_weighted_bce_matches_hand_computed_value(make_trainer):
+    trainer = make_trainer()
     trainer.model = _FixedLogits(torch.tensor([2.0, -1.0, 0.0]))
     labels = torch.tensor([1.0, 0.0, 0.0])
     per_row = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(-1.0)), math.log(2.0)]
@@ -266,15 +263,13 @@ def test_weighted_bce_matches_hand_computed_value(data, tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["bce", "bpr"])
-def test_recency_weights_reach_the_loss(data, tmp_path, loss):
+def test_recency_weights_reach_the_loss(make_trainer, data, loss):
     """Equal weights (floor 1) train as unweighted; a short half-life changes the training."""
     base = ["training.num_epochs=1", f"training.loss={loss}"]
-    plain = make_trainer(data, tmp_path, [*base, "training.recency_half_life=null"], name="plain")
+    plain = make_trainer([*base, "training.recency_half_life=null"], name="plain")
     assert plain.row_weights is None
     plain.fit()
     equal = make_trainer(
-        data,
-        tmp_path,
         [*base, "training.recency_half_life=5", "training.recency_floor=1.0"],
         name="equal",
     )
@@ -284,7 +279,7 @@ def test_recency_weights_reach_the_loss(data, tmp_path, loss):
     assert _without_timings(equal.history) == [
         pytest.approx(h, rel=1e-6) for h in _without_timings(plain.history)
     ]
-    recent = make_trainer(data, tmp_path, [*base, "training.recency_half_life=5"], name="recent")
+    recent = make_trainer([*base, "training.recency_half_life=5"], name="recent")
     train_ds = data[1]
     n, k = train_ds.num_positives, train_ds.num_negatives
     w = recent.row_weights
@@ -298,10 +293,26 @@ def test_recency_weights_reach_the_loss(data, tmp_path, loss):
     assert recent.history[0]["train_loss"] != plain.history[0]["train_loss"]
 
 
-def test_unknown_monitor_is_a_clear_error(data, tmp_path):
-    trainer = make_trainer(data, tmp_path, ["training.num_epochs=1", "training.monitor=val_nope"])
-    with pytest.raises(ValueError, match="val_nope"):
-        trainer.fit()
+def test_unknown_monitor_is_refused_when_the_trainer_is_built(make_trainer, tmp_path):
+    recorder = Recorder()
+    with pytest.raises(ConfigError, match="val_nope") as info:
+        make_trainer(["training.monitor=val_nope"], callbacks=[recorder])
+    # the message lists what the val evaluator produces; nothing has trained or been written
+    assert "'val_ndcg_at_10'" in str(info.value) and "'val_logloss'" in str(info.value)
+    assert "val_full" not in str(info.value)  # full ranking is off in these configs
+    assert recorder.events == []
+    assert not (tmp_path / "run").exists()
+    # full-ranking metrics are valid monitors only when full ranking is on
+    with pytest.raises(ConfigError, match="val_full_ndcg_at_10"):
+        make_trainer(["training.monitor=val_full_ndcg_at_10"])
+    make_trainer(["training.monitor=val_full_ndcg_at_10", "training.full_ranking=true"])
+
+
+def test_the_monitor_check_knows_the_evaluator_keys(make_trainer):
+    trainer = make_trainer(["training.full_ranking=true"])
+    names = trainer.val_evaluator.metric_names()
+    assert names == list(trainer.val_evaluator.evaluate(trainer.model))
+    assert {"val_auc", "val_hr_at_5", "val_ndcg_at_20", "val_full_hr_at_10"} <= set(names)
 
 
 def test_ctr_imports_and_trains_with_mlflow_unavailable(tmp_path):
@@ -348,22 +359,14 @@ def test_import_ctr_does_not_import_mlflow():
 
 @pytest.mark.slow
 def test_deepfm_two_epochs_learns_and_beats_popularity(tmp_path):
-    from ctr.training.baselines import PopularityModel
-    from ctr.training.metrics import RankingEvaluator
-
     config = load_config(
         ROOT / "configs/deepfm_movielens.yaml",
         ["training.num_epochs=2", "training.full_ranking=false"],
     )
-    adapter, schema, train_ds, val_ds, test_ds = build_data(config)
-    seed_everything(config.seed)
-    model = create_model("deepfm", schema, config)
-    trainer = Trainer(
-        model, schema, config, train_ds, val_ds, test_ds, checkpoint_dir=tmp_path / "ckpt"
-    )
+    trainer, adapter = build_trainer(config, checkpoint_dir=tmp_path / "ckpt")
     trainer.fit()
     best = max(trainer.history, key=lambda h: h["val_ndcg_at_10"])
-    popularity = RankingEvaluator(val_ds, full_ranking=False).evaluate(
+    popularity = RankingEvaluator(trainer.val_ds, full_ranking=False).evaluate(
         PopularityModel(adapter.item_popularity)
     )
     assert best["val_auc"] > 0.75

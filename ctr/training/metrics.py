@@ -237,10 +237,16 @@ def _sampled_metrics(split: EvalSplit, logits: torch.Tensor, ks: Sequence[int]) 
     ranks = rank_of_positive(logits, positive_col=0).cpu().numpy()
     metrics = _ranking_metrics(split.name, ranks, ks)
     probs = torch.sigmoid(logits.double()).reshape(-1).cpu().numpy()  # (U * C,)
-    labels = split.candidates.labels.numpy()
-    metrics[f"{split.name}_auc"] = compute_auc(labels, probs)
-    metrics[f"{split.name}_logloss"] = compute_logloss(labels, probs)
+    metrics.update(_pooled_metrics(split.name, split.candidates.labels.numpy(), probs))
     return metrics
+
+
+def _pooled_metrics(name: str, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUC and LogLoss over all evaluation rows pooled."""
+    return {
+        f"{name}_auc": compute_auc(labels, probs),
+        f"{name}_logloss": compute_logloss(labels, probs),
+    }
 
 
 def _full_metrics(name: str, ranks: np.ndarray) -> dict[str, float]:
@@ -340,6 +346,21 @@ class RankingEvaluator:
                 )
             self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
             self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
+
+    def metric_names(self) -> list[str]:
+        """The keys `evaluate` returns, known before any model is scored.
+
+        They come from the functions that build `evaluate`'s dict, applied to one
+        placeholder user ranked first, so the two cannot drift apart.
+        """
+        name, ranks = self.split.name, np.zeros(1, dtype=np.int64)
+        names = [
+            *_ranking_metrics(name, ranks, self.ks),
+            *_pooled_metrics(name, np.array([1.0, 0.0]), np.array([0.5, 0.5])),
+        ]
+        if self.full_ranking:
+            names += _full_metrics(name, ranks)
+        return names
 
     def _score_candidates(self, model: Model) -> torch.Tensor:
         """(U * C,) logits of the sampled candidates."""

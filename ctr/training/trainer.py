@@ -11,9 +11,8 @@ here. One epoch:
     scheduler, checkpoints (last, and best on the monitor), early stopping, callbacks
 
 With training.ema_decay set, an exponential moving average of the weights is kept
-beside the trained ones; evaluation and the checkpoints' `model_state` use the
-average, and `train_model_state` keeps the trained weights so a resumed run
-continues exactly.
+beside the trained ones; evaluation and the checkpoints use the average
+(ctr.training.state says what a checkpoint holds).
 
 With training.recency_half_life set, the loss is a weighted mean: each training
 positive and its negatives weigh by how recent the positive is among its user's
@@ -26,11 +25,7 @@ resumed from a checkpoint continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import math
-import os
-import secrets
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +35,15 @@ from torch.optim.swa_utils import AveragedModel
 
 from ctr.config import ConfigError, ExperimentConfig
 from ctr.data.schema import DatasetSchema
-from ctr.errors import CTRError, TrainingDivergedError
+from ctr.errors import TrainingDivergedError
 from ctr.training.callbacks import Callback, TrainingContext
+from ctr.training.device import resolve_device
+from ctr.training.metrics import RankingEvaluator
+from ctr.training.progress import _Progress
+from ctr.training.state import new_checkpoint_dir, restore_trainer_state, trainer_state
 from ctr.utils import get_logger, load_checkpoint, save_checkpoint
 
 logger = get_logger("ctr.trainer")
-
-CHECKPOINT_VERSION = 1
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device=cuda but CUDA is not available; use auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("training.device=mps but MPS is not available; use auto or cpu")
-    return torch.device(name)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -109,53 +91,6 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, cfg):
     return None
 
 
-class _Progress:
-    """The epoch's progress bar (tqdm): rows done, rows/s and the running loss.
-
-    Drawn on stderr when it is a terminal; the environment variable CTR_PROGRESS
-    overrides that (1 draws it anywhere, 0 never). tqdm redraws at most every
-    `MININTERVAL` seconds and the running loss (a device sync) is read only as
-    often, so a batch costs a counter update and a clock read.
-    """
-
-    MININTERVAL = 0.5  # seconds between redraws
-
-    def __init__(self, total_rows: int, epoch: int, num_epochs: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total_rows,
-            desc=f"epoch {epoch}/{num_epochs}",
-            unit="row",
-            unit_scale=True,
-            mininterval=self.MININTERVAL,
-            leave=False,  # the epoch's log line replaces it
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self._next_loss_read = 0.0
-
-    @staticmethod
-    def enabled() -> bool:
-        forced = os.environ.get("CTR_PROGRESS", "").strip().lower()
-        if forced in ("1", "true", "yes", "on"):
-            return True
-        if forced in ("0", "false", "no", "off"):
-            return False
-        return sys.stderr.isatty()
-
-    def update(self, rows: int, loss_sum: torch.Tensor, batches: int) -> None:
-        """`rows` more rows done; the running loss is loss_sum / batches."""
-        now = time.monotonic()
-        if now >= self._next_loss_read:
-            self._next_loss_read = now + self.MININTERVAL
-            self.bar.set_postfix(loss=f"{float(loss_sum) / batches:.4f}", refresh=False)
-        self.bar.update(rows)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class Trainer:
     """Trains a ctr model on a negative-sampling train set and ranks val/test.
 
@@ -187,8 +122,6 @@ class Trainer:
         preprocessor: Any = None,
         train_interactions: Any = None,
     ) -> None:
-        from ctr.training.metrics import RankingEvaluator
-
         self.config = config
         self.cfg = config.training
         self.schema = schema
@@ -217,13 +150,9 @@ class Trainer:
             w = train_ds.recency_weights(self.cfg.recency_half_life, self.cfg.recency_floor)
             self.positive_weights = w
             self.row_weights = train_ds.row_weights(w)
-        if checkpoint_dir is None:
-            # pid + random suffix: runs started in the same second (e.g. parallel
-            # seeds) must never share, and overwrite, each other's best.pt
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            unique = f"{os.getpid()}-{secrets.token_hex(3)}"
-            checkpoint_dir = Path(self.cfg.checkpoint_dir) / f"{config.model_name}-{stamp}-{unique}"
-        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_dir = Path(
+            new_checkpoint_dir(config) if checkpoint_dir is None else checkpoint_dir
+        )
         eval_kwargs = dict(
             batch_size=self.cfg.eval_batch_size,
             full_ranking=self.cfg.full_ranking,
@@ -233,6 +162,13 @@ class Trainer:
         # the test split is scored once, for the best epoch, with full ranking
         eval_kwargs["full_ranking"] = self.cfg.test_full_ranking
         self.test_evaluator = RankingEvaluator(test_ds, **eval_kwargs) if test_ds else None
+        valid = self.val_evaluator.metric_names() if self.val_evaluator is not None else []
+        if self.cfg.monitor not in valid:
+            raise ConfigError(
+                f"expected training.monitor to be a validation metric, one of {valid}, "
+                f"got {self.cfg.monitor!r}"
+                + ("" if valid else " (there is no validation split to compute one on)")
+            )
         self.monitor = self.cfg.monitor
         self.sign = 1.0 if self.cfg.monitor_mode == "max" else -1.0
         # state that a checkpoint carries
@@ -256,7 +192,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1)  # dropout
         if self.device.type != "cpu":
-            rows = _move_dataset(rows, self.device)
+            rows = rows.to(self.device)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         if cfg.loss == "bce":
@@ -344,54 +280,9 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "epoch": self.epoch,
-            "model_name": self.config.model_name,
-            "config": self.config.model_dump(mode="json"),
-            "schema": self.schema.to_dict(),
-            "model_state": self.eval_model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict() if self.scheduler else None,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-        }
-        if self.ema is not None:
-            state["train_model_state"] = self.model.state_dict()
-            state["ema_num_averaged"] = int(self.ema.n_averaged)
-        return state
-
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by this trainer (best.pt or last.pt)."""
-        state = load_checkpoint(path, self.device)
-        if state.get("model_name") != self.config.model_name:
-            raise CTRError(
-                f"checkpoint {path} holds model {state.get('model_name')!r}, "
-                f"but the config trains {self.config.model_name!r}"
-            )
-        self.model.load_state_dict(state.get("train_model_state", state["model_state"]))
-        # a checkpoint trained without an average starts one here (n_averaged is still 0,
-        # so the next step copies the weights in)
-        if self.ema is not None and "train_model_state" in state:
-            self.ema.module.load_state_dict(state["model_state"])
-            self.ema.n_averaged.fill_(state["ema_num_averaged"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        if self.scheduler is not None and state.get("scheduler_state") is not None:
-            self.scheduler.load_state_dict(state["scheduler_state"])
-        self.epoch = state["epoch"]
-        self.best_value = state["best_value"]
-        self.best_epoch = state["best_epoch"]
-        self.bad_epochs = state["bad_epochs"]
-        self.history = list(state["history"])
-        # keep the best epoch's weights reachable from this run's directory
-        source_best = Path(path).parent / "best.pt"
-        target_best = self.checkpoint_dir / "best.pt"
-        if source_best.is_file() and source_best.resolve() != target_best.resolve():
-            save_checkpoint(load_checkpoint(source_best, "cpu"), target_best)
-        logger.info("resumed from %s at epoch %d", path, self.epoch)
+        restore_trainer_state(self, path)
 
     def _notify(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -430,11 +321,6 @@ class Trainer:
                     metrics.update(self.val_evaluator.evaluate(self.eval_model))
                 metrics["epoch_seconds"] = train_seconds
                 metrics["eval_seconds"] = time.perf_counter() - t1
-                if self.monitor not in metrics:
-                    raise ConfigError(
-                        f"training.monitor={self.monitor!r} is not a validation metric; "
-                        f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
-                    )
                 self.epoch = epoch
                 self.history.append({"epoch": epoch, **metrics})
                 value = self.sign * metrics[self.monitor]
@@ -460,7 +346,7 @@ class Trainer:
                     metrics["eval_seconds"],
                 )
                 self._notify("on_epoch_end", epoch, metrics)
-                state = self._state()
+                state = trainer_state(self)
                 last = save_checkpoint(state, self.checkpoint_dir / "last.pt")
                 self._notify("on_checkpoint", epoch, last, False)
                 if improved:
@@ -509,117 +395,3 @@ class Trainer:
         if self.test_evaluator is not None:
             summary.update(self.test_evaluator.evaluate(self.model))
         return summary
-
-
-def _move_dataset(ds, device):
-    from ctr.data.dataset import TabularDataset
-
-    moved = TabularDataset.__new__(TabularDataset)
-    moved.features = {k: v.to(device) for k, v in ds.features.items()}
-    moved.labels = ds.labels.to(device)
-    moved._n = len(ds)
-    return moved
-
-
-@dataclass
-class TrainResult:
-    """What `fit` returns: the best model and everything needed to log or serve it."""
-
-    model: torch.nn.Module
-    schema: DatasetSchema
-    config: ExperimentConfig
-    summary: dict[str, Any]
-    history: list[dict[str, float]]
-    preprocessor: Any = None
-    train_interactions: Any = None  # the adapter's training split (raw user_id, movie_id)
-    val_split: Any = None
-    test_split: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_data_dir(data_dir: str | Path) -> Path:
-    """A relative data_dir is looked up in the working directory, then in the
-    project root (so `ctr train` works from anywhere inside a checkout)."""
-    path = Path(data_dir)
-    if path.is_absolute() or path.exists():
-        return path
-    project_root = Path(__file__).resolve().parents[2]
-    candidate = project_root / path
-    return candidate if candidate.exists() else path
-
-
-def build_data(config: ExperimentConfig):
-    """(adapter, schema, train_ds, val_ds, test_ds) for the config's data set."""
-    from ctr.data import get_adapter
-
-    adapter = get_adapter(
-        config.data.dataset, resolve_data_dir(config.data.data_dir), config.data, config.features
-    )
-    schema, train_ds, val_ds, test_ds = adapter.build()
-    return adapter, schema, train_ds, val_ds, test_ds
-
-
-def fit(
-    config: ExperimentConfig,
-    callbacks: list[Callback] | None = None,
-    checkpoint_dir: str | Path | None = None,
-) -> TrainResult:
-    """Build the data and model for `config`, train, and return the best model."""
-    from ctr.models import create_model
-    from ctr.utils import seed_everything
-
-    adapter, schema, train_ds, val_ds, test_ds = build_data(config)
-    seed_everything(config.seed)
-    model = create_model(config.model_name, schema, config)
-    trainer = Trainer(
-        model,
-        schema,
-        config,
-        train_ds,
-        val_ds,
-        test_ds,
-        callbacks=callbacks,
-        checkpoint_dir=checkpoint_dir,
-        preprocessor=getattr(adapter, "preprocessor", None),
-        train_interactions=getattr(adapter, "train_interactions", None),
-    )
-    summary = trainer.fit()
-    return TrainResult(
-        model=trainer.model,
-        schema=schema,
-        config=config,
-        summary=summary,
-        history=trainer.history,
-        preprocessor=getattr(adapter, "preprocessor", None),
-        train_interactions=trainer.train_interactions,
-        val_split=val_ds,
-        test_split=test_ds,
-    )
-
-
-def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict[str, float]:
-    """Rebuild the data and model stored in a checkpoint and evaluate one split."""
-    from ctr.models import create_model
-    from ctr.training.metrics import RankingEvaluator
-
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    state = load_checkpoint(path, "cpu", required=("config", "schema", "model_state"))
-    config = ExperimentConfig.model_validate(state["config"])
-    _, schema, _, val_ds, test_ds = build_data(config)
-    saved_schema = DatasetSchema.from_dict(state["schema"])
-    if saved_schema != schema:
-        raise CTRError(
-            f"checkpoint {path} was trained on a different schema than the data builds now "
-            f"({saved_schema.field_names} vs {schema.field_names}); were the data files changed?"
-        )
-    model = create_model(config.model_name, schema, config)
-    model.load_state_dict(state["model_state"])
-    device = resolve_device(config.training.device)
-    evaluator = RankingEvaluator(
-        val_ds if split == "val" else test_ds,
-        batch_size=config.training.eval_batch_size,
-        full_ranking=True,
-        device=device,
-    )
-    return evaluator.evaluate(model.to(device))
