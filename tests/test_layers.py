@@ -370,6 +370,7 @@ def test_dropout_is_identity_in_eval_mode_and_at_zero():
     d = Dropout(0.5).eval()
     assert d(x) is x
     assert Dropout(0.0)(x) is x
+    assert Dropout(2**-18)(x) is x  # p rounds to 0 / 2^16
     dnn = DNN(16, [32, 8], dropout=0.5).eval()
     assert torch.equal(dnn(x), dnn(x))
 

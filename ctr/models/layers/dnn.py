@@ -51,11 +51,12 @@ class Dropout(nn.Module):
         if not 0.0 <= p < 1.0 or k >= 65536:
             raise ValueError(f"expected 0 <= p < 1 - 2**-17, got {p}")
         self.p = p
+        self._active = k > 0  # p < 2^-17 rounds to 0: identity
         self._threshold = k - 32768  # kept where the signed 16-bit draw is >= this
         self._scale = 1.0 / (1.0 - k / 65536)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or not self._active:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
@@ -63,8 +64,11 @@ class Dropout(nn.Module):
         words = torch.empty((n + 3) // 4, dtype=torch.int64)
         words.random_(-(2**63), None)  # the full 64-bit range: every bit uniform
         bits = words.view(torch.int16)[:n].view(x.shape)  # (*) uniform on [-2^15, 2^15)
-        mask = (bits >= self._threshold).to(x.dtype).mul_(self._scale)  # (*) 0 or 1 / (1 - p)
-        return x * mask
+        # keep = bits >= t, as 0/1 by clamping to [t - 1, t]: on CPU a comparison's bool
+        # result and its conversion to float are each several times slower than this
+        t = self._threshold
+        keep = bits.clamp(t - 1, t).sub_(t - 1)  # (*) int16, 1 where kept
+        return x * keep.to(x.dtype).mul_(self._scale)  # (*) x / (1 - p) or 0
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
