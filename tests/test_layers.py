@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.models.layers import CIN, DNN, FeatureEmbedding, FMInteraction, MultiHeadSelfAttention
@@ -509,3 +510,11 @@ def test_attention_rejects_bad_input():
         MultiHeadSelfAttention(8, 2, 4, 1)(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="num_heads"):
         MultiHeadSelfAttention(8, 0, 4, 1)
+
+
+def test_dnn_fast_dropout_is_opt_in():
+    # nn.Dropout by default: the results table's seeded runs were trained with its stream
+    plain = DNN(8, [4, 4], dropout=0.2)
+    fast = DNN(8, [4, 4], dropout=0.2, fast_dropout=True)
+    assert [type(m) for m in plain.layers if "Dropout" in type(m).__name__] == [nn.Dropout] * 2
+    assert [type(m) for m in fast.layers if "Dropout" in type(m).__name__] == [Dropout] * 2

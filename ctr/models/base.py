@@ -106,6 +106,7 @@ class BaseCTRModel(nn.Module, ABC):
             activation=cfg.activation,
             dropout=cfg.dropout,
             use_batch_norm=cfg.use_batch_norm,
+            fast_dropout=cfg.fast_dropout,
         )
         self.dnn_out = nn.Linear(self.dnn.output_dim, 1)
 
