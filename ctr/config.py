@@ -66,13 +66,15 @@ class DNNConfig(_Section):
     # trained with nn.Dropout)
     fast_dropout: bool = False
 
-    @field_validator("dropout")
-    @classmethod
-    def _check_dropout(cls, p: float) -> float:
-        # the DNN's Dropout draws its mask in steps of 2^-16 and refuses a p that rounds to 1
-        if round(p * 65536) >= 65536:
-            raise ValueError(f"expected dropout < 1 - 2**-17 (it rounds to 1), got {p}")
-        return p
+    @model_validator(mode="after")
+    def _check_fast_dropout(self) -> DNNConfig:
+        # the fast mask draws in steps of 2^-16 and refuses a p that rounds to 1
+        if self.fast_dropout and round(self.dropout * 65536) >= 65536:
+            raise ValueError(
+                f"expected dropout < 1 - 2**-17 with fast_dropout (it rounds to 1), "
+                f"got {self.dropout}"
+            )
+        return self
 
 
 class CINConfig(_Section):

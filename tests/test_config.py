@@ -182,13 +182,18 @@ def test_a_model_registered_later_is_a_valid_model_name():
         ("cin.layer_sizes=[128,65,64]", "cin", "must be even"),
         ("attention.attention_dim=0", "attention.attention_dim", "greater than or equal to 1"),
         ("features.field_embedding_dims={user_id: 0}", "field_embedding_dims.user_id", "than 0"),
-        ("dnn.dropout=0.999995", "dnn.dropout", "rounds to 1"),
     ],
 )
 def test_sizes_a_layer_would_refuse_are_config_errors(override, where, why):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert where in str(err.value) and why in str(err.value)
+
+
+def test_a_dropout_the_fast_mask_rounds_to_one_is_a_config_error():
+    assert load_config(None, ["dnn.dropout=0.999995"]).dnn.dropout == 0.999995  # nn.Dropout
+    with pytest.raises(ConfigError, match="dnn: .*rounds to 1"):
+        load_config(None, ["dnn.dropout=0.999995", "dnn.fast_dropout=true"])
 
 
 @pytest.mark.parametrize(
