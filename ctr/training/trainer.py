@@ -161,7 +161,9 @@ class Trainer:
         self.val_evaluator = RankingEvaluator(val_ds, **eval_kwargs) if val_ds is not None else None
         # the test split is scored once, for the best epoch, with full ranking
         eval_kwargs["full_ranking"] = self.cfg.test_full_ranking
-        self.test_evaluator = RankingEvaluator(test_ds, **eval_kwargs) if test_ds is not None else None
+        self.test_evaluator = (
+            RankingEvaluator(test_ds, **eval_kwargs) if test_ds is not None else None
+        )
         valid = self.val_evaluator.metric_names() if self.val_evaluator is not None else []
         if self.cfg.monitor not in valid:
             raise ConfigError(
