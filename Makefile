@@ -41,7 +41,8 @@ results: install
 # The benchmarks run in their own environment, .venv-bench: the project plus
 # DeepCTR-Torch (the published library they are compared with), which is no
 # dependency of ctr. deepctr-torch goes in with --no-deps (its requirements would
-# replace the pinned torch); of what it imports, only tqdm is not already here.
+# replace the pinned torch); what it imports (numpy, scikit-learn, tqdm, requests,
+# packaging) comes with the project's own dependencies.
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
@@ -53,7 +54,6 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet "torch==2.13.0"
 	$(BENCH_VENV)/bin/pip install --quiet -e .
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps "deepctr-torch==0.3.0"
-	$(BENCH_VENV)/bin/pip install --quiet tqdm
 	touch $(BENCH_STAMP)
 
 bench: bench-env
