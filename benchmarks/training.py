@@ -45,7 +45,7 @@ from ctr.config import ExperimentConfig, load_config  # noqa: E402
 from ctr.data.schema import DatasetSchema  # noqa: E402
 from ctr.models import create_model  # noqa: E402
 from ctr.training import Trainer, build_data  # noqa: E402
-from ctr.training.metrics import RankingEvaluator  # noqa: E402
+from ctr.training.evaluator import RankingEvaluator  # noqa: E402
 from ctr.utils import seed_everything  # noqa: E402
 
 DEEPCTR_MODEL = {"deepfm": "DeepFM", "xdeepfm": "xDeepFM", "attention_deepfm": "AutoInt"}

@@ -85,7 +85,7 @@ def run_results(
     from ctr.data import resolve_data_dir
     from ctr.training import build_data
     from ctr.training.baselines import PopularityModel
-    from ctr.training.metrics import RankingEvaluator
+    from ctr.training.evaluator import RankingEvaluator
 
     config_dir = resolve_data_dir(config_dir)  # relative: cwd, then the project root
     tasks = []

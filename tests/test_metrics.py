@@ -11,8 +11,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from ctr.data.dataset import EvalSplit, TabularDataset
 from ctr.training.baselines import PopularityModel
+from ctr.training.evaluator import RankingEvaluator
 from ctr.training.metrics import (
-    RankingEvaluator,
     compute_auc,
     compute_hr_at_k,
     compute_logloss,

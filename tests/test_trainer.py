@@ -15,7 +15,7 @@ import torch
 from ctr.config import ConfigError, load_config
 from ctr.training import Callback, build_data, build_trainer, evaluate_checkpoint
 from ctr.training.baselines import PopularityModel
-from ctr.training.metrics import RankingEvaluator
+from ctr.training.evaluator import RankingEvaluator
 from ctr.utils import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Evaluation metrics: AUC, LogLoss, HR@K, NDCG@K, and the ranking evaluator.
+"""Evaluation metrics: AUC, LogLoss, HR@K, NDCG@K (RankingEvaluator is in evaluator.py).
 
 Protocol (see DESIGN.md, "Data: MovieLens-100K protocol"):
 
@@ -14,14 +14,12 @@ Protocol (see DESIGN.md, "Data: MovieLens-100K protocol"):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ctr.data.dataset import Batch, EvalSplit
-from ctr.training.scoring import CatalogueScorer, Model, forward_logits
+from ctr.data.dataset import EvalSplit
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -256,158 +254,11 @@ def _full_metrics(name: str, ranks: np.ndarray) -> dict[str, float]:
     }
 
 
-class RankingEvaluator:
-    """Scores an `EvalSplit` with a model and returns all evaluation metrics.
+def __getattr__(name: str):
+    # `from ctr.training.metrics import RankingEvaluator` (the plan's home for it) keeps
+    # working; it lives in evaluator.py, which imports this module, hence the lazy import
+    if name == "RankingEvaluator":
+        from ctr.training.evaluator import RankingEvaluator
 
-    Everything that does not depend on the model (candidate features on the
-    device, the tiled catalogue, the user-repeat index, the exclusion mask) is
-    built once here, so `evaluate` is little more than the model's forward passes.
-
-    Args:
-        split: the validation or test split.
-        batch_size: rows per forward pass, for the sampled candidates and (about)
-            for the full ranking, where a chunk holds max(1, batch_size // I) users.
-        ks: cut-offs for the sampled HR@K and NDCG@K.
-        full_ranking: also rank every positive against the whole catalogue
-            (adds `{name}_full_hr_at_10` and `{name}_full_ndcg_at_10`).
-        device: where batches are sent; the model must already be there.
-
-    Example:
-        evaluator = RankingEvaluator(val_split, device="cpu")
-        metrics = evaluator.evaluate(model)  # {"val_hr_at_10": ..., "val_auc": ...}
-        evaluator.last_seconds               # wall time of that call
-    """
-
-    def __init__(
-        self,
-        split: EvalSplit,
-        batch_size: int = 65536,
-        ks: Sequence[int] = (5, 10, 20),
-        full_ranking: bool = True,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        ks = tuple(int(k) for k in ks)
-        if not ks or min(ks) < 1:
-            raise ValueError(f"expected a non-empty list of cut-offs k >= 1, got {ks}")
-        U, C = split.num_users, split.num_candidates
-        if U < 1 or C < 2:
-            raise ValueError(f"expected at least 1 user and 2 candidates, got U={U}, C={C}")
-        if len(split.candidates) != U * C:
-            raise ValueError(
-                f"expected {U} users * {C} candidates = {U * C} candidate rows, "
-                f"got {len(split.candidates)}"
-            )
-        labels = split.candidates.labels.reshape(U, C)
-        if not (bool((labels[:, 0] == 1).all()) and bool((labels[:, 1:] == 0).all())):
-            raise ValueError(
-                "expected candidate rows in user-major order with the positive (label 1) "
-                "first in each block of C rows and negatives (label 0) after it"
-            )
-        self.split = split
-        self.batch_size = int(batch_size)
-        self.ks = ks
-        self.full_ranking = full_ranking
-        self.device = torch.device(device)
-        self.last_seconds: float | None = None
-
-        dev = self.device
-        self._candidates: Batch = {k: v.to(dev) for k, v in split.candidates.features.items()}
-        self._num_rows = U * C
-
-        if full_ranking:
-            n_items = len(split.item_ids)
-            for k, v in split.item_features.items():
-                if v.shape[0] != n_items:
-                    raise ValueError(
-                        f"item feature {k!r}: expected {n_items} rows, got {v.shape[0]}"
-                    )
-            for k, v in split.user_features.items():
-                if v.shape[0] != U:
-                    raise ValueError(f"user feature {k!r}: expected {U} rows, got {v.shape[0]}")
-            self._users: Batch = {k: v.to(dev) for k, v in split.user_features.items()}
-            # the catalogue, tiled once for a chunk of max(1, batch_size // I) users
-            self._catalogue = CatalogueScorer(
-                {k: v.to(dev) for k, v in split.item_features.items()},
-                chunk_rows=self.batch_size,
-                max_users=U,
-            )
-            self._catalogue.check_users(self._users)
-            positive_index = np.asarray(split.positive_item_index, dtype=np.int64)
-            if (
-                positive_index.shape != (U,)
-                or not (0 <= positive_index).all()
-                or not (positive_index < n_items).all()
-            ):
-                raise ValueError(
-                    f"expected positive_item_index of shape ({U},) with catalogue rows in "
-                    f"[0, {n_items}), got shape {positive_index.shape}"
-                )
-            self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
-            self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
-
-    def metric_names(self) -> list[str]:
-        """The keys `evaluate` returns, known before any model is scored.
-
-        They come from the functions that build `evaluate`'s dict, applied to one
-        placeholder user ranked first, so the two cannot drift apart.
-        """
-        name, ranks = self.split.name, np.zeros(1, dtype=np.int64)
-        names = [
-            *_ranking_metrics(name, ranks, self.ks),
-            *_pooled_metrics(name, np.array([1.0, 0.0]), np.array([0.5, 0.5])),
-        ]
-        if self.full_ranking:
-            names += _full_metrics(name, ranks)
-        return names
-
-    def _score_candidates(self, model: Model) -> torch.Tensor:
-        """(U * C,) logits of the sampled candidates."""
-        out = torch.empty(self._num_rows, device=self.device)
-        for start in range(0, self._num_rows, self.batch_size):
-            end = min(start + self.batch_size, self._num_rows)
-            batch = {k: v[start:end] for k, v in self._candidates.items()}
-            out[start:end] = forward_logits(model, batch, end - start)
-        return out
-
-    def _full_ranks(self, model: Model) -> torch.Tensor:
-        """(U,) rank of each positive against the catalogue minus exclusions."""
-        ranks = torch.empty(self.split.num_users, dtype=torch.int64, device=self.device)
-        for start, end, scores in self._catalogue.chunks(model, self._users):  # (u, I)
-            if torch.isnan(scores).any():
-                raise ValueError(
-                    f"{self.split.name}: the model produced NaN logits (did training diverge?)"
-                )
-            ranks[start:end] = full_ranks_from_scores(
-                scores, self._positive_index[start:end], self._exclude[start:end]
-            )
-        return ranks
-
-    def evaluate(self, model: Model) -> dict[str, float]:
-        """Score the split with `model` (batch dict -> logits (B, 1)) and return
-        {name}_hr_at_{k}, {name}_ndcg_at_{k}, {name}_auc, {name}_logloss and,
-        with full ranking, {name}_full_hr_at_10 and {name}_full_ndcg_at_10.
-
-        An nn.Module is put in eval mode and its previous mode restored after.
-        """
-        t0 = time.perf_counter()
-        # remember every submodule's mode: some may be frozen in eval on purpose
-        modes = (
-            [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-        )
-        if modes:
-            model.eval()
-        try:
-            with torch.inference_mode():
-                sampled = self._score_candidates(model)
-                full_ranks = self._full_ranks(model) if self.full_ranking else None
-                U, C = self.split.num_users, self.split.num_candidates
-                metrics = _sampled_metrics(self.split, sampled.view(U, C), self.ks)
-                if full_ranks is not None:
-                    metrics.update(_full_metrics(self.split.name, full_ranks.cpu().numpy()))
-        finally:
-            for m, training in modes:
-                m.training = training
-        self.last_seconds = time.perf_counter() - t0
-        return metrics
+        return RankingEvaluator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

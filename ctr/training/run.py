@@ -24,7 +24,7 @@ from ctr.errors import CTRError
 from ctr.models import create_model
 from ctr.training.callbacks import Callback
 from ctr.training.device import resolve_device
-from ctr.training.metrics import RankingEvaluator
+from ctr.training.evaluator import RankingEvaluator
 from ctr.training.trainer import Trainer
 from ctr.utils import load_checkpoint, seed_everything
 

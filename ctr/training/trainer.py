@@ -38,7 +38,7 @@ from ctr.data.schema import DatasetSchema
 from ctr.errors import TrainingDivergedError
 from ctr.training.callbacks import Callback, TrainingContext
 from ctr.training.device import resolve_device
-from ctr.training.metrics import RankingEvaluator
+from ctr.training.evaluator import RankingEvaluator
 from ctr.training.progress import _Progress
 from ctr.training.state import new_checkpoint_dir, restore_trainer_state, trainer_state
 from ctr.utils import get_logger, load_checkpoint, save_checkpoint
