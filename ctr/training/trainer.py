@@ -70,10 +70,8 @@ def _ema_update(decay: float):
 
 def _build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam":  # fused: one kernel for all parameters, 5-10% of a CPU step
-        return torch.optim.Adam(
-            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
-        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
