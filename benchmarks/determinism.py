@@ -48,13 +48,17 @@ machine, `ATEN_CPU_CAPABILITY=avx2 python benchmarks/determinism.py` runs the
 matrix with an AVX2 machine's kernels; `torch.backends.cpu.get_cpu_capability()`
 names the default, `MKL_VERBOSE=1` the code path MKL takes).
 
-Measured on a 2-core AMD EPYC (torch 2.13.0, ATen AVX2; MKL 2024.2 takes its
+Measured on a 2-core AMD EPYC (torch 2.13.0, ATen AVX2; MKL 2024 takes its
 generic "Intel Architecture processors" path on this CPU), seed 1, 3 epochs:
 a, a2, b, c and onednn give the same fingerprint (the same weights after every
 epoch: the worker path, a second run and a second thread change nothing here);
 aten changes even the initial weights (torch's random fills are vectorized)
 and cbwr the first forward pass, and after 3 epochs their test NDCG@10 is
 0.0341 and 0.0303 against 0.0331. With --probe-only, avx2 and mkl match a.
+`--full` (seed 1, jobs 2) reproduced the seed-1 DeepFM row of
+results/results.json in every digit (best epoch 23, test NDCG@10
+0.07475209888691327); with MKL_CBWR=COMPATIBLE set around it, the same run
+stopped at best epoch 11 with best val NDCG@10 0.1114 and test NDCG@10 0.0667.
 """
 
 from __future__ import annotations
