@@ -222,18 +222,23 @@ def test_config_sections_name_what_each_model_builds_from(model):
 
 
 # ------------------------------------------------------- a real run, end to end
-@pytest.mark.slow
-def test_a_short_tracked_run_prints_the_summary_and_no_pickle_warning(tmp_path):
-    from mlflow import MlflowClient
-
-    proc = subprocess.run(
-        [str(VENV_BIN / "ctr"), "train", "--model", "deepfm", "--override", *FAST_OVERRIDES],
+def _ctr_train(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`ctr train ARGS` in `cwd`, as a user runs it (not on a terminal), output captured."""
+    return subprocess.run(
+        [str(VENV_BIN / "ctr"), "train", *args],
         env=subprocess_env(None),
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+@pytest.mark.slow
+def test_a_short_tracked_run_prints_the_summary_and_no_pickle_warning(tmp_path):
+    from mlflow import MlflowClient
+
+    proc = _ctr_train(tmp_path, "--model", "deepfm", "--override", *FAST_OVERRIDES)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "pickle" not in proc.stderr.lower(), proc.stderr
     assert "Downloading artifacts" not in proc.stderr, proc.stderr
@@ -264,14 +269,10 @@ def test_a_short_tracked_run_prints_the_summary_and_no_pickle_warning(tmp_path):
 
 @pytest.mark.slow
 def test_an_untracked_run_prints_the_table_and_the_checkpoint(tmp_path):
-    proc = subprocess.run(
-        [str(VENV_BIN / "ctr"), "train", "--model", "lr", "--no-track"]
-        + ["--override", *FAST_OVERRIDES, f"training.checkpoint_dir={tmp_path / 'ckpt'}"],
-        env=subprocess_env(None),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = _ctr_train(
+        tmp_path,
+        *["--model", "lr", "--no-track", "--override", *FAST_OVERRIDES],
+        f"training.checkpoint_dir={tmp_path / 'ckpt'}",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists()
