@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ctr.config import ConfigError, ExperimentConfig, load_config
 from ctr.errors import CTRError
 from ctr.utils import get_logger
+from experiments.store import prepare_tracking_store, retry_when_locked
 from experiments.tracking import ExtraModelLogger, MLflowCallback
 
 if TYPE_CHECKING:
@@ -212,16 +213,18 @@ def run_training(
             _mark_failed(client, attached_run_id, exc, "FAILED")
             client.set_terminated(attached_run_id, "FAILED")
         raise
-    check_tracking_server()
+    prepare_tracking_store(check_tracking_server())  # several processes may start at once
 
     if attached_run_id:
-        run = mlflow.start_run(run_id=attached_run_id)
+        run = retry_when_locked(mlflow.start_run, run_id=attached_run_id)
     else:
         # Pass the id on: when two processes create the experiment at once, MLflow's
         # set_experiment returns it to the loser without making it active, and a bare
         # start_run would then log into the Default experiment.
-        experiment = mlflow.set_experiment(experiment_name)
-        run = mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id)
+        experiment = retry_when_locked(mlflow.set_experiment, experiment_name)
+        run = retry_when_locked(
+            mlflow.start_run, run_name=run_name, experiment_id=experiment.experiment_id
+        )
     run_id = run.info.run_id
     client = MlflowClient()
     loggers = default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
