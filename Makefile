@@ -6,9 +6,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install train test test-fast lint format results bench bench-env clean
+.PHONY: install postgres-server train test test-fast lint format results bench bench-env clean
 
-install: $(STAMP)
+install: $(STAMP) postgres-server
 
 # Re-runs only when pyproject.toml changes. torch is installed first and pinned:
 # torch==2.13.0 resolves to a local CPU wheel here, anything else may pull a CUDA build.
@@ -17,6 +17,21 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# PostgreSQL's server binaries, for `ctr server --backend postgres` and its tests:
+# Debian's postgresql package, installed only where its binaries are missing and
+# only where root or password-less sudo may install packages (else a note).
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt-get; install PostgreSQL's server binaries for ctr server --backend postgres"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	elif sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "note: run 'sudo apt-get install -y postgresql' for ctr server --backend postgres"; \
+	fi
 
 train: install
 	$(VENV)/bin/ctr train --config configs/deepfm_movielens.yaml
@@ -35,8 +50,11 @@ format: install
 	$(VENV)/bin/ruff check --fix ctr experiments tests benchmarks
 	$(VENV)/bin/ruff format ctr experiments tests benchmarks
 
+# Tracked in the experiment movielens-100k-results: through the server that
+# MLFLOW_TRACKING_URI names, or else a `ctr server` (SQLite in ./mlflow-server)
+# started for the command and stopped after it.
 results: install
-	$(VENV)/bin/ctr results --jobs 2 --no-track --models attention_deepfm,xdeepfm,deepfm,fm,lr --override training.full_ranking=false
+	CTR=$(VENV)/bin/ctr scripts/with-mlflow-server $(VENV)/bin/ctr results --jobs 2 --models attention_deepfm,xdeepfm,deepfm,fm,lr --override training.full_ranking=false
 
 # The benchmarks run in their own environment, .venv-bench: the project plus
 # DeepCTR-Torch (the published library they are compared with), which is no
@@ -64,4 +82,4 @@ bench: bench-env
 	$(BENCH_PY) benchmarks/training.py --model attention_deepfm
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache checkpoints mlruns mlartifacts mlflow.db
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache checkpoints mlruns mlartifacts mlflow.db mlflow-server

@@ -19,6 +19,7 @@ import shlex
 import click
 
 from experiments.cli_options import override_options, run_selection_options, user_errors
+from experiments.cli_server import server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -356,6 +357,9 @@ def results(
     click.echo(table)
     if not from_json:
         click.echo(f"\nwrote {output} and the results table in {readme}")
+
+
+main.add_command(server)  # `ctr server`, defined in experiments/cli_server.py
 
 
 if __name__ == "__main__":
