@@ -5,6 +5,17 @@ when training.ema_decay is set), the optimizer and scheduler, the early-stopping
 counters and the history, plus the config and schema that rebuild the model.
 With a moving average, `train_model_state` keeps the trained weights so a
 resumed run continues exactly.
+
+Every value is a tensor or a plain value (numbers, strings, None, and lists and
+dicts of them): the config is `model_dump(mode="json")`, the schema `to_dict()`,
+and the history holds Python floats. That lets load_checkpoint read a file with
+torch.load(weights_only=True), so resuming from, or evaluating, a checkpoint
+from elsewhere cannot run code; save_checkpoint refuses any other value.
+
+No random number generator state is saved: the Trainer reseeds the sampler,
+the batch order and dropout from (seed, epoch) at the start of every epoch,
+so the epoch number is all a resumed run needs to draw what the uninterrupted
+run would have drawn.
 """
 
 from __future__ import annotations
