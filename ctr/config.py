@@ -60,11 +60,10 @@ class DNNConfig(_Section):
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "prelu"] = "relu"
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     use_batch_norm: bool = False
-    # draw dropout masks with the DNN's cheaper CPU mask instead of nn.Dropout's float
-    # Bernoulli draws (about 40% of a DeepFM step on CPU); same semantics, but another
-    # random stream, so a seeded run gives other numbers (the results table was
-    # trained with nn.Dropout)
-    fast_dropout: bool = False
+    # draw dropout masks with the DNN's cheaper CPU mask (ctr.models.layers.dnn.Dropout)
+    # instead of nn.Dropout's float Bernoulli draws, about 40% of a DeepFM step on CPU.
+    # Same semantics, another random stream: false gives nn.Dropout's seeded numbers
+    fast_dropout: bool = True
 
     @model_validator(mode="after")
     def _check_fast_dropout(self) -> DNNConfig:
@@ -106,6 +105,10 @@ class TrainingConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)  # optimizer weight decay on all parameters
     momentum: float = Field(0.9, ge=0.0)  # sgd only
+    # adam / adamw update all parameters in one fused kernel (CPU and CUDA) instead of
+    # torch's for-each implementation: the same algorithm, other rounding, so seeded
+    # numbers differ in the last digits and then beyond
+    fused_optimizer: bool = True
     scheduler: Literal["none", "step", "cosine", "plateau"] = "none"
     step_size: int = Field(10, ge=1)  # step scheduler: epochs between decays
     gamma: float = Field(0.5, gt=0.0, le=1.0)  # step / plateau decay factor
@@ -131,8 +134,11 @@ class TrainingConfig(_Section):
     # epochs without improvement before stopping; 0 disables early stopping. Validation
     # NDCG@10 over 943 users is noisy, so a short patience stops too early.
     early_stopping_patience: int = Field(10, ge=0)
-    # also rank val against the whole catalogue each epoch
+    # also rank val against the whole catalogue: once, for the best epoch's weights at
+    # the end (best_val_full_*), or every epoch with full_ranking_every_epoch (needed,
+    # and implied, when the monitor is a val_full_* metric)
     full_ranking: bool = True
+    full_ranking_every_epoch: bool = False
     # rank the test split against the whole catalogue at the end (off only to save
     # time where test_full_* are not needed, e.g. quick test runs)
     test_full_ranking: bool = True

@@ -315,6 +315,30 @@ def test_the_monitor_check_knows_the_evaluator_keys(make_trainer):
     assert {"val_auc", "val_hr_at_5", "val_ndcg_at_20", "val_full_hr_at_10"} <= set(names)
 
 
+def test_val_is_ranked_against_the_catalogue_once_for_the_best_weights(make_trainer):
+    trainer = make_trainer(["training.full_ranking=true", "training.num_epochs=2"])
+    summary = trainer.fit()
+    # the epochs carry the sampled metrics only; the best one gets the full ranking at the end
+    with_full = [h["epoch"] for h in trainer.history if "val_full_ndcg_at_10" in h]
+    assert with_full == [summary["best_epoch"]]
+    # ... and the best epoch's full-ranking numbers are those of the best weights
+    expected = trainer.val_evaluator.evaluate(trainer.model)  # fit left the best weights
+    assert summary["best_val_full_ndcg_at_10"] == expected["val_full_ndcg_at_10"]
+    assert summary["best_val_full_hr_at_10"] == expected["val_full_hr_at_10"]
+    assert summary["best_val_ndcg_at_10"] == expected["val_ndcg_at_10"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["training.full_ranking_every_epoch=true"], ["training.monitor=val_full_ndcg_at_10"]],
+    ids=["asked", "monitored"],
+)
+def test_val_full_ranking_every_epoch_when_asked_or_monitored(make_trainer, overrides):
+    trainer = make_trainer(["training.full_ranking=true", "training.num_epochs=1", *overrides])
+    trainer.fit()
+    assert "val_full_ndcg_at_10" in trainer.history[0]
+
+
 def test_ctr_imports_and_trains_with_mlflow_unavailable(tmp_path):
     script = textwrap.dedent(
         f"""

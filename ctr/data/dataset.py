@@ -112,17 +112,22 @@ class TabularDataset(torch.utils.data.Dataset):
         batch_size: int,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        device: str | torch.device | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield the (B,) row indices of each batch of one permutation drawn from `generator`.
 
         `iter_batches(shuffle=True)` gathers these batches; callers that carry
         per-row values beside the features (e.g. loss weights) index them alike.
+        The permutation is drawn on the CPU (the same order on every device) and
+        moved to `device` once, so each batch's indices are already there.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = self._n
         stop = n - n % batch_size if drop_last else n
         order = torch.randperm(n, generator=generator)
+        if device is not None:
+            order = order.to(device)
         for start in range(0, stop, batch_size):
             yield order[start : start + batch_size]
 

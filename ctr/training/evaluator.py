@@ -114,8 +114,8 @@ class RankingEvaluator:
             self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
             self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
 
-    def metric_names(self) -> list[str]:
-        """The keys `evaluate` returns, known before any model is scored.
+    def metric_names(self, full_ranking: bool | None = None) -> list[str]:
+        """The keys `evaluate(model, full_ranking)` returns, known before any model is scored.
 
         They come from the functions that build `evaluate`'s dict, applied to one
         placeholder user ranked first, so the two cannot drift apart.
@@ -125,9 +125,17 @@ class RankingEvaluator:
             *_ranking_metrics(name, ranks, self.ks),
             *_pooled_metrics(name, np.array([1.0, 0.0]), np.array([0.5, 0.5])),
         ]
-        if self.full_ranking:
+        if self._wants_full(full_ranking):
             names += _full_metrics(name, ranks)
         return names
+
+    def _wants_full(self, full_ranking: bool | None) -> bool:
+        if full_ranking and not self.full_ranking:
+            raise ValueError(
+                "full ranking was asked for, but this evaluator was built with "
+                "full_ranking=False (it holds no catalogue); build it with full_ranking=True"
+            )
+        return self.full_ranking if full_ranking is None else full_ranking
 
     def _score_candidates(self, model: Model) -> torch.Tensor:
         """(U * C,) logits of the sampled candidates."""
@@ -151,14 +159,19 @@ class RankingEvaluator:
             )
         return ranks
 
-    def evaluate(self, model: Model) -> dict[str, float]:
+    def evaluate(self, model: Model, full_ranking: bool | None = None) -> dict[str, float]:
         """Score the split with `model` (batch dict -> logits (B, 1)) and return
         {name}_hr_at_{k}, {name}_ndcg_at_{k}, {name}_auc, {name}_logloss and,
         with full ranking, {name}_full_hr_at_10 and {name}_full_ndcg_at_10.
 
+        full_ranking: None ranks against the catalogue when the evaluator was built
+        with full_ranking=True; False skips it for this call (the cheaper sampled
+        metrics only); True requires an evaluator built with it.
+
         An nn.Module is put in eval mode and its previous mode restored after.
         """
         t0 = time.perf_counter()
+        full = self._wants_full(full_ranking)
         # remember every submodule's mode: some may be frozen in eval on purpose
         modes = (
             [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
@@ -168,7 +181,7 @@ class RankingEvaluator:
         try:
             with torch.inference_mode():
                 sampled = self._score_candidates(model)
-                full_ranks = self._full_ranks(model) if self.full_ranking else None
+                full_ranks = self._full_ranks(model) if full else None
                 U, C = self.split.num_users, self.split.num_candidates
                 metrics = _sampled_metrics(self.split, sampled.view(U, C), self.ks)
                 if full_ranks is not None:

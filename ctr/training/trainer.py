@@ -7,7 +7,7 @@ here. One epoch:
     for batch in rows (permuted, batch_size):        # bce; bpr / softmax group rows per positive
         loss = criterion(model(batch)) + l2 * model.get_l2_reg_loss()
         step (with optional gradient clipping)
-    metrics = val evaluator (sampled + full ranking)
+    metrics = val evaluator (sampled; full ranking once at the end, or each epoch if asked)
     scheduler, checkpoints (last, and best on the monitor), early stopping, callbacks
 
 With training.ema_decay set, an exponential moving average of the weights is kept
@@ -70,10 +70,13 @@ def _ema_update(decay: float):
 
 def _build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    # fused kernels exist for CPU and CUDA tensors; elsewhere (mps) torch's default
+    fused = cfg.fused_optimizer and all(p.device.type in ("cpu", "cuda") for p in params)
+    kwargs = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, **kwargs)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, **kwargs)
     return torch.optim.SGD(
         params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -148,8 +151,8 @@ class Trainer:
         self.row_weights: torch.Tensor | None = None
         if self.cfg.recency_half_life is not None:
             w = train_ds.recency_weights(self.cfg.recency_half_life, self.cfg.recency_floor)
-            self.positive_weights = w
-            self.row_weights = train_ds.row_weights(w)
+            self.positive_weights = w.to(self.device)
+            self.row_weights = train_ds.row_weights(w).to(self.device)
         self.checkpoint_dir = Path(
             new_checkpoint_dir(config) if checkpoint_dir is None else checkpoint_dir
         )
@@ -172,6 +175,11 @@ class Trainer:
                 + ("" if valid else " (there is no validation split to compute one on)")
             )
         self.monitor = self.cfg.monitor
+        # ranking val against the whole catalogue costs more than the sampled metrics:
+        # every epoch only when asked for or monitored, else once for the best weights
+        self.full_ranking_each_epoch = self.cfg.full_ranking and (
+            self.cfg.full_ranking_every_epoch or "_full_" in self.monitor
+        )
         self.sign = 1.0 if self.cfg.monitor_mode == "max" else -1.0
         # state that a checkpoint carries
         self.epoch = 0
@@ -193,8 +201,9 @@ class Trainer:
         rows = self.train_ds.sample_epoch(epoch, self.config.seed)
         generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1)  # dropout
-        if self.device.type != "cpu":
-            rows = rows.to(self.device)
+        # the epoch's rows go to the device once; batches are gathered there, by indices
+        # that are there too, so the loop below makes no host copies and no host syncs
+        rows = rows.to(self.device)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         if cfg.loss == "bce":
@@ -203,11 +212,6 @@ class Trainer:
             batches = self._grouped_batches(rows, generator)
         progress = _Progress(len(rows), epoch, cfg.num_epochs) if _Progress.enabled() else None
         for batch, labels, weights in batches:
-            if self.device.type != "cpu":
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                labels = labels.to(self.device, non_blocking=True)
-                if weights is not None:
-                    weights = weights.to(self.device, non_blocking=True)
             if cfg.loss == "bce":
                 loss = self._loss_bce(batch, labels, weights)
             else:
@@ -237,7 +241,9 @@ class Trainer:
 
     def _row_batches(self, rows, generator):
         """Shuffled batches of rows, (features, labels, weights (B,) or None)."""
-        for index in rows.shuffled_batch_indices(self.cfg.batch_size, generator):
+        for index in rows.shuffled_batch_indices(
+            self.cfg.batch_size, generator, device=self.device
+        ):
             batch, labels = rows.take(index)
             yield batch, labels, None if self.row_weights is None else self.row_weights[index]
 
@@ -250,9 +256,12 @@ class Trainer:
         k = self.train_ds.num_negatives
         per_batch = max(1, self.cfg.batch_size // (1 + k))
         order = torch.randperm(n, generator=generator)
+        # every group's rows (n, 1 + K): positive, its negatives; moved once, sliced per batch
+        all_groups = self.train_ds.group_rows(order).to(self.device)
+        order = order.to(self.device)
         for start in range(0, n, per_batch):
             pos = order[start : start + per_batch]  # (b,)
-            groups = self.train_ds.group_rows(pos)  # (b, 1 + K) rows: positive, its negatives
+            groups = all_groups[start : start + per_batch]  # (b, 1 + K)
             # the b positives first, then their negatives group by group (as _loss_grouped reads)
             batch, labels = rows.take(torch.cat([groups[:, 0], groups[:, 1:].reshape(-1)]))
             weights = None if self.positive_weights is None else self.positive_weights[pos]
@@ -320,7 +329,11 @@ class Trainer:
                 metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
                 t1 = time.perf_counter()
                 if self.val_evaluator is not None:
-                    metrics.update(self.val_evaluator.evaluate(self.eval_model))
+                    metrics.update(
+                        self.val_evaluator.evaluate(
+                            self.eval_model, full_ranking=self.full_ranking_each_epoch
+                        )
+                    )
                 metrics["epoch_seconds"] = train_seconds
                 metrics["eval_seconds"] = time.perf_counter() - t1
                 self.epoch = epoch
@@ -390,6 +403,11 @@ class Trainer:
             "last_checkpoint": str(self.checkpoint_dir / "last.pt"),
         }
         best_row = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        val = self.val_evaluator
+        if best_row is not None and val is not None and val.full_ranking:
+            if not self.full_ranking_each_epoch:  # the best weights are in self.model now
+                metrics = val.evaluate(self.model)
+                best_row.update({k: v for k, v in metrics.items() if "_full_" in k})
         if best_row is not None:
             for key, value in best_row.items():
                 if key.startswith("val_"):

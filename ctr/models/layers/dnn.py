@@ -77,9 +77,9 @@ class Dropout(nn.Module):
 class DNN(nn.Module):
     """Linear -> (BatchNorm1d) -> activation -> Dropout, once per hidden layer.
 
-    Dropout is torch's nn.Dropout, or with fast_dropout this module's `Dropout` (the
-    same inverted dropout with a cheaper mask on CPU, but another random stream, so
-    seeded runs give other numbers than with nn.Dropout).
+    Dropout is this module's `Dropout` (inverted dropout with a cheaper mask on CPU),
+    or torch's nn.Dropout with fast_dropout=False: the same semantics, but another
+    random stream, so seeded runs give other numbers with each.
 
     With batch norm the Linear layers have no bias (the norm's shift replaces it).
 
@@ -89,7 +89,7 @@ class DNN(nn.Module):
         activation: "relu", "gelu", "tanh", "sigmoid" or "prelu".
         dropout: dropout probability after each activation (0 disables it).
         use_batch_norm: insert BatchNorm1d after each Linear.
-        fast_dropout: use `Dropout` (cheaper CPU mask) instead of nn.Dropout.
+        fast_dropout: use `Dropout` (cheaper CPU mask); False uses nn.Dropout.
 
     Shapes:
         (B, input_dim) -> (B, output_dim), output_dim = hidden_units[-1]
@@ -105,7 +105,7 @@ class DNN(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         use_batch_norm: bool = False,
-        fast_dropout: bool = False,
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
         if input_dim < 1:
