@@ -54,8 +54,8 @@ def _run_one(
     from ctr.config import load_config
     from ctr.training import fit
 
-    if threads is not None:
-        overrides = [*overrides, f"training.num_threads={threads}"]
+    if threads is not None:  # first, so that a training.num_threads the user gave wins
+        overrides = [f"training.num_threads={threads}", *overrides]
     t0 = time.perf_counter()
     if track:
         summary = tracked_runner(track)(path, overrides, model, seed)
