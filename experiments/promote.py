@@ -11,9 +11,10 @@ the alias to the new version and give the old holder the alias `previous`.
 The run's serving model (`recommender`, see experiments.serving) is registered
 the same way as `<model>-movielens-recommender` under the same alias.
 
-Concurrent promotes stay consistent: a version created by a racing promote of
-the same run is found again and the duplicate removed, and each alias points
-at exactly one version (the last writer wins).
+Concurrent promotes stay consistent: promotions of one registered model take
+turns (experiments.promote_lock), so each compares with the alias holder of the
+one before and gives it `previous`; a version created by a racing promote of
+the same run is found again and the duplicate removed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ctr.errors import CTRError
 from experiments.artifacts import MODEL_NAME
+from experiments.promote_lock import promotion_lock
 from experiments.runs import (
     DEFAULT_METRIC,
     get_client,
@@ -225,9 +227,19 @@ def promote_best_run(
     client = get_client(client)
     _, runs = ranked_runs(client, experiment, metric, filter_string, purpose=" to promote")
     best = runs[0]
-    value = metric_value(best, metric)
     name = model_name or registered_model_name(best)
+    if dry_run:  # reads only
+        return _promote(client, best, name, metric, alias, dry_run, force)
+    with promotion_lock(client, name):  # one promotion of `name` at a time
+        return _promote(client, best, name, metric, alias, dry_run, force)
 
+
+def _promote(
+    client: MlflowClient, best: Run, name: str, metric: str, alias: str, dry_run: bool, force: bool
+) -> PromotionResult:
+    """promote_best_run once the run is chosen: compare with the alias holder, move
+    the aliases (under the promotion lock unless dry_run)."""
+    value = metric_value(best, metric)
     holder = _alias_holder(client, name, alias)
     holder_value = None
     if holder is not None and holder.run_id:
