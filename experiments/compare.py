@@ -130,7 +130,10 @@ def compare_runs(
 ) -> Comparison:
     """Rows of the finished runs of `experiment`, best first by `metric`."""
     client = get_client(client)
-    exp, runs = ranked_runs(client, experiment, metric, filter_string)
+    # without groups only the `top` rows are shown: fetch just those runs
+    exp, runs = ranked_runs(
+        client, experiment, metric, filter_string, top=None if group_by else top
+    )
     metric_names = ALL_METRICS if all_metrics else TABLE_METRICS
     group_keys = [param_name(g) for g in group_by]
     if group_keys:

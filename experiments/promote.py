@@ -225,7 +225,7 @@ def promote_best_run(
     if alias == PREVIOUS_ALIAS:
         raise PromotionError(f"alias {PREVIOUS_ALIAS!r} is reserved for the former holder")
     client = get_client(client)
-    _, runs = ranked_runs(client, experiment, metric, filter_string, purpose=" to promote")
+    _, runs = ranked_runs(client, experiment, metric, filter_string, purpose=" to promote", top=1)
     best = runs[0]
     name = model_name or registered_model_name(best)
     if dry_run:  # reads only
