@@ -171,5 +171,8 @@ def promotion_lock(
     try:
         yield
     finally:
-        if not _delete_if_owned(client, name, owner):
-            logger.warning("the promotion lock %s was taken over while it was held", name)
+        try:
+            if not _delete_if_owned(client, name, owner):
+                logger.warning("the promotion lock %s was taken over while it was held", name)
+        except Exception as exc:  # never hide the promotion's own error behind this one
+            logger.warning("could not release the promotion lock %s: %s", name, exc)
