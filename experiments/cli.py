@@ -20,6 +20,7 @@ import click
 
 from experiments.cli_options import override_options, run_selection_options, user_errors
 from experiments.cli_server import server
+from experiments.cli_sweep import from_sweeps_options, sweep, sweep_name_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,6 +156,7 @@ def train(
     help="Fold runs by a param (e.g. params.model): mean ± std and the run count.",
 )
 @click.option("--all-metrics", is_flag=True, help="Every val/test metric (csv/json: always).")
+@sweep_name_option
 def compare(
     runs: dict[str, str | None],
     top: int | None,
@@ -163,17 +165,23 @@ def compare(
     diff_only: bool,
     group_by: tuple[str, ...],
     all_metrics: bool,
+    sweep_name: str | None,
 ) -> None:
-    """Compare the finished runs of an experiment, best first."""
+    """Compare the finished runs of an experiment (or a sweep's trials), best first."""
     with user_errors():
+        from experiments.cli_sweep import compare_sweep_runs
         from experiments.compare import compare_runs, plot_metric_curves, render
 
-        cmp = compare_runs(
-            **runs,
-            top=top,
-            diff_only=diff_only,
-            group_by=group_by,
-            all_metrics=all_metrics or fmt != "table",
+        cmp = (
+            compare_sweep_runs(sweep_name, runs, top)
+            if sweep_name
+            else compare_runs(
+                **runs,
+                top=top,
+                diff_only=diff_only,
+                group_by=group_by,
+                all_metrics=all_metrics or fmt != "table",
+            )
         )
         click.echo(render(cmp, fmt))
         notes_to_stderr = fmt != "table"
@@ -196,17 +204,21 @@ def compare(
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
 @click.option("--force", is_flag=True, help="Promote even if the current alias holder is better.")
+@sweep_name_option
 def promote(
     runs: dict[str, str | None],
     model_name: str | None,
     alias: str,
     dry_run: bool,
     force: bool,
+    sweep_name: str | None,
 ) -> None:
-    """Register the best finished run's model and point the alias at it."""
+    """Register the best finished run's (or sweep trial's) model and point the alias at it."""
     with user_errors():
+        from experiments.cli_sweep import sweep_runs
         from experiments.promote import promote_best_run
 
+        runs = sweep_runs(sweep_name, runs) if sweep_name else runs
         result = promote_best_run(
             **runs, model_name=model_name, alias=alias, dry_run=dry_run, force=force
         )
@@ -320,6 +332,7 @@ def evaluate(checkpoint_path: str, split: str) -> None:
     is_flag=True,
     help="Retrain only --models and replace their rows in --output; keep the other rows.",
 )
+@from_sweeps_options
 def results(
     models: str,
     seeds: str,
@@ -330,6 +343,9 @@ def results(
     jobs: int,
     from_json: str | None,
     update: bool,
+    from_sweeps: bool,
+    trials: int,
+    sweep_prefix: str,
 ) -> None:
     """Train every model with 3 seeds and write the README results table.
 
@@ -338,6 +354,7 @@ def results(
     ctr results --models deepfm,fm --seeds 1
     ctr results --models deepfm --update  # retrain deepfm, keep the other rows
     ctr results --models lr --seeds 1 --override training.num_epochs=2 training.batch_size=512
+    ctr results --from-sweeps --trials 24 --jobs 2  # each model's config tuned first (fair)
     """
     with user_errors():
         from experiments.results import write_results
@@ -352,6 +369,8 @@ def results(
             jobs=jobs,
             from_json=from_json,
             update=update,
+            sweep_trials=trials if from_sweeps else None,
+            sweep_prefix=sweep_prefix,
             log=click.echo,
         )
     click.echo(table)
@@ -360,6 +379,7 @@ def results(
 
 
 main.add_command(server)  # `ctr server`, defined in experiments/cli_server.py
+main.add_command(sweep)  # `ctr sweep`, defined in experiments/cli_sweep.py
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class Comparison:
     runs: list[Any] = field(default_factory=list, repr=False)
     # per group row: the run ids folded into it (empty without group_by)
     groups: list[list[str]] = field(default_factory=list)
+    title: str | None = None  # the table's first line (default: experiment and sort order)
 
 
 def _run_metrics(run: Run, names: Sequence[str]) -> dict[str, float | None]:
@@ -293,7 +294,7 @@ def _table(cmp: Comparison) -> str:
     else:
         header = [c for c in cmp.columns]
         body = [[_fmt(row.get(c)) for c in header] for row in cmp.rows]
-    title = (
+    title = cmp.title or (
         f"experiment {cmp.experiment_name!r} ({cmp.experiment_id}), sorted by {cmp.metric} "
         f"({'lower' if lower_is_better(cmp.metric) else 'higher'} is better)"
     )

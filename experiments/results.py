@@ -75,11 +75,13 @@ def run_results(
     track: str | None = None,
     jobs: int = 1,
     log: Callable[[str], None] = print,
+    model_overrides: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Train each model with each seed; return per-run summaries and the popularity row.
 
     track: an MLflow experiment name to track every run in, or None.
     jobs: runs trained in parallel processes (each with one torch thread when > 1).
+    model_overrides: more overrides per model, after `overrides` (e.g. a sweep's choice).
     """
     from ctr.config import load_config
     from ctr.data import resolve_data_dir
@@ -91,9 +93,10 @@ def run_results(
     tasks = []
     for model in models:
         path = Path(config_dir) / f"{model}_movielens.yaml"
+        own = [*(overrides or []), *(model_overrides or {}).get(model, [])]
         for seed in seeds:
-            load_config(path, [*(overrides or []), f"seed={seed}"])  # fail fast on a bad config
-            tasks.append((path, [*(overrides or []), f"seed={seed}"], model, seed))
+            load_config(path, [*own, f"seed={seed}"])  # fail fast on a bad config
+            tasks.append((path, [*own, f"seed={seed}"], model, seed))
 
     def report(model: str, summary: dict[str, Any]) -> None:
         log(
@@ -216,6 +219,10 @@ def format_table(results: dict[str, Any]) -> str:
         "at the best validation epoch; 1 + 999 sampled candidates per user, full NDCG@10 "
         "ranks against every unseen item. s/epoch is training time only (evaluation excluded)."
     )
+    if results.get("sweeps"):  # the configs were chosen by sweeps: say how, and which
+        from experiments.results_sweeps import sweep_note
+
+        lines += ["", *sweep_note(results["sweeps"])]
     return "\n".join(lines)
 
 
@@ -314,6 +321,8 @@ def write_results(
     from_json: str | Path | None = None,
     update: bool = False,
     log: Callable[[str], None] = print,
+    sweep_trials: int | None = None,
+    sweep_prefix: str = "results",
 ) -> str:
     """`ctr results`: train, save the per-seed numbers, write the README table; return it.
 
@@ -321,6 +330,8 @@ def write_results(
     update: retrain only `models` and replace their rows in `output`, keeping the others
     (`output` must exist and hold the same seeds).
     track: log every run to the MLflow experiment RESULTS_EXPERIMENT.
+    sweep_trials: first sweep every model with this many trials (sweeps named
+    <sweep_prefix>-<model>) and train each winner (experiments/results_sweeps.py).
     Input is checked before any training: unknown models, bad seeds, a missing
     README or saved results raise ResultsError / MissingFileError.
     """
@@ -332,8 +343,19 @@ def write_results(
         return table
     names = parse_models(models)
     seed_list = parse_seeds(seeds)
+    if sweep_trials is not None and update:
+        raise ResultsError("--from-sweeps sweeps and retrains every model; drop --update")
     previous = load_results_for_update(output, seed_list) if update else None
     _check_readme(Path(readme))
+    if sweep_trials is not None:
+        from experiments.results_sweeps import results_from_sweeps
+
+        kwargs = dict(overrides=list(overrides), track=track, jobs=jobs, log=log)
+        outcome = results_from_sweeps(names, seed_list, sweep_trials, sweep_prefix, **kwargs)
+        save_results(outcome, output)
+        table = format_table(outcome)
+        write_readme_table(table, readme)
+        return table
     outcome = run_results(
         names,
         seed_list,
