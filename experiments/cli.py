@@ -18,6 +18,7 @@ import shlex
 
 import click
 
+from experiments.cli_data import data
 from experiments.cli_options import override_options, run_selection_options, user_errors
 from experiments.cli_server import server
 from experiments.cli_sweep import from_sweeps_options, sweep, sweep_name_option
@@ -379,6 +380,7 @@ def results(
 
 
 main.add_command(server)  # `ctr server`, defined in experiments/cli_server.py
+main.add_command(data)  # `ctr data download`, defined in experiments/cli_data.py
 main.add_command(sweep)  # `ctr sweep`, defined in experiments/cli_sweep.py
 
 

@@ -552,7 +552,7 @@ def test_registry():
     adapter = get_adapter("movielens-100k", DATA_DIR, DataConfig(), FeatureConfig())
     assert isinstance(adapter, MovieLensAdapter)
     with pytest.raises(ValueError, match="movielens-100k"):
-        get_adapter("movielens-1m", DATA_DIR, DataConfig(), FeatureConfig())
+        get_adapter("movielens-10m", DATA_DIR, DataConfig(), FeatureConfig())
 
 
 def _listing(root: Path) -> list[str]:

@@ -1,14 +1,17 @@
 """Negative sampling: fresh training negatives per epoch, fixed evaluation candidates.
 
-Both samplers work on a dense (U, I) boolean interaction mask (users x
-catalogue rows; ML-100K: 943 x 1,682 = 1.6 MB) and never loop over users:
+Both samplers work on a (U, I) boolean interaction mask (users x catalogue
+rows), dense or bit-packed (ctr.data.masks.InteractionMask: 463 MB instead of
+3.7 GB for MovieLens-20M), and never loop over users:
 
 - training: draw items uniformly, redraw the ones that hit a training
   positive of their user until none does (rejection sampling). Only
   training interactions are consulted: excluding validation/test items would
   tell the model what is held out.
-- evaluation: one uniform random key per (user, item), known items get +inf,
-  and the C smallest keys per row are a uniform sample without replacement.
+- evaluation (ctr.data.candidates, re-exported here): one uniform random key
+  per (user, item), known items get +inf, and the C smallest keys per row are
+  a uniform sample without replacement; for large U x I, rejection sampling
+  of distinct items instead.
 """
 
 from __future__ import annotations
@@ -16,7 +19,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ctr.data.candidates import sample_eval_candidates
 from ctr.data.dataset import TabularDataset
+from ctr.data.masks import InteractionMask, row_counts
+
+__all__ = [
+    "EVAL_STREAM",
+    "TRAIN_STREAM",
+    "NegativeSamplingTrainSet",
+    "sample_eval_candidates",
+    "sample_uniform_negatives",
+    "seed_entropy",
+]
 
 # Last entropy word of each random stream, so the training and evaluation draws
 # never share a stream even when a seed and an epoch coincide.
@@ -30,13 +44,17 @@ def seed_entropy(*parts: int) -> list[int]:
 
 
 def sample_uniform_negatives(
-    user_rows: np.ndarray, known: np.ndarray, num_negatives: int, rng: np.random.Generator
+    user_rows: np.ndarray,
+    known: np.ndarray | InteractionMask,
+    num_negatives: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Items drawn uniformly (with replacement) among those each user has not interacted with.
 
     Args:
         user_rows: (N,) row of each positive's user in `known`.
-        known: (U, I) bool, True where the user has an interaction to avoid.
+        known: (U, I) bool (dense or an InteractionMask), True where the user has
+            an interaction to avoid.
         num_negatives: K draws per positive.
         rng: the source of randomness.
 
@@ -53,61 +71,6 @@ def sample_uniform_negatives(
         items[redraw] = rng.integers(0, num_items, size=redraw.size, dtype=np.int64)
         redraw = redraw[known[users[redraw], items[redraw]]]
     return items.reshape(-1, num_negatives)
-
-
-def sample_eval_candidates(
-    positive_items: np.ndarray,
-    known: np.ndarray,
-    num_negatives: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per user: the positive followed by `num_negatives` items it never interacted with.
-
-    Negatives are drawn uniformly without replacement from the user's pool
-    (items where `known` is False). A user whose pool is smaller than
-    `num_negatives` gets the whole pool, topped up by draws from the pool with
-    replacement.
-
-    Args:
-        positive_items: (U,) item row of each user's held-out positive.
-        known: (U, I) bool, every interaction of the user in any split
-            (the positive included).
-        num_negatives: C - 1.
-        rng: the source of randomness.
-
-    Returns:
-        candidates: (U, 1 + num_negatives) int64 item rows, column 0 = positive.
-        topped_up: (T,) int64 indices (into the U users) of the topped-up users.
-    """
-    num_users, num_items = known.shape
-    if positive_items.shape != (num_users,):
-        raise ValueError(
-            f"expected one positive per user, shape ({num_users},), got {positive_items.shape}"
-        )
-    pool_sizes = num_items - known.sum(axis=1)
-    empty = np.flatnonzero(pool_sizes == 0)
-    if empty.size:
-        raise ValueError(
-            f"users at rows {empty.tolist()} interacted with every item: no evaluation "
-            f"negatives can be drawn for them"
-        )
-    keys = rng.random((num_users, num_items))  # (U, I)
-    keys[known] = np.inf
-    n = min(num_negatives, num_items)
-    if n < num_items:
-        smallest = np.argpartition(keys, n - 1, axis=1)[:, :n]  # (U, n), unordered
-    else:
-        smallest = np.broadcast_to(np.arange(num_items), (num_users, num_items))
-    order = np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1, kind="stable")
-    drawn = np.take_along_axis(smallest, order, axis=1)  # (U, n): pool items first, by key
-    negatives = np.empty((num_users, num_negatives), dtype=np.int64)
-    negatives[:, :n] = drawn
-    topped_up = np.flatnonzero(pool_sizes < num_negatives)
-    for u in topped_up:  # only the few users with a short pool
-        size = int(pool_sizes[u])
-        negatives[u, size:] = rng.choice(negatives[u, :size], size=num_negatives - size)
-    candidates = np.concatenate([positive_items.astype(np.int64)[:, None], negatives], axis=1)
-    return candidates, topped_up.astype(np.int64)
 
 
 class NegativeSamplingTrainSet:
@@ -130,7 +93,8 @@ class NegativeSamplingTrainSet:
             `positives` must hold exactly the features at (user_rows, item_rows).
         user_features: field -> (U, ...) encoded user-side columns.
         item_features: field -> (I, ...) encoded item-side columns (the catalogue).
-        train_mask: (U, I) bool, the TRAINING interactions only.
+        train_mask: (U, I) bool, dense or an InteractionMask: the TRAINING
+            interactions only.
         num_negatives: K.
         item_ids: (I,) raw ids of the catalogue rows (for `negative_item_ids`).
         recency_rank: (N,) for each positive, how many training interactions of the
@@ -145,7 +109,7 @@ class NegativeSamplingTrainSet:
         item_rows: np.ndarray,
         user_features: dict[str, torch.Tensor],
         item_features: dict[str, torch.Tensor],
-        train_mask: np.ndarray,
+        train_mask: np.ndarray | InteractionMask,
         num_negatives: int,
         item_ids: np.ndarray | None = None,
         recency_rank: np.ndarray | None = None,
@@ -168,7 +132,8 @@ class NegativeSamplingTrainSet:
             )
         if recency_rank is not None and np.shape(recency_rank) != (n,):
             raise ValueError(f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}")
-        full = np.flatnonzero(train_mask[np.unique(user_rows)].all(axis=1))
+        users = np.unique(user_rows)
+        full = np.flatnonzero(row_counts(train_mask, users) == train_mask.shape[1])
         if full.size:
             raise ValueError(
                 f"{full.size} users interacted with every item in training: "

@@ -1,4 +1,10 @@
-"""MovieLensAdapter: the MovieLens-100K files through the leave-one-out protocol.
+"""MovieLens adapters: the files of each release through the leave-one-out protocol.
+
+LeaveOneOutAdapter does the protocol for any reader of a MovieLensRaw;
+MovieLensAdapter ("movielens-100k"), MovieLens1MAdapter ("movielens-1m") and
+MovieLens20MAdapter ("movielens-20m") only say which files to read. The fields
+are those the data set has: ML-20M has no user file, so its rows are
+user_id, movie_id and genres.
 
 Protocol (docs: DESIGN.md, "Data: MovieLens-100K protocol"):
 
@@ -30,14 +36,19 @@ import pandas as pd
 
 from ctr.config import DataConfig, FeatureConfig
 from ctr.data.dataset import EvalSplit
-from ctr.data.movielens.preprocessor import FIELD_ORDER, USER_FIELDS, MovieLensPreprocessor
+from ctr.data.movielens.preprocessor import (
+    USER_COLUMNS,
+    MovieLensPreprocessor,
+    field_order_for,
+)
 from ctr.data.movielens.protocol import (
     EncodedRatings,
     build_eval_split,
     build_train_set,
     leave_one_out_split,
 )
-from ctr.data.movielens.raw import read_movielens
+from ctr.data.movielens.raw import DataNotFoundError, MovieLensRaw, read_movielens
+from ctr.data.movielens.raw_large import read_ml1m, read_ml20m
 from ctr.data.sampling import NegativeSamplingTrainSet
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
 from ctr.errors import CTRError
@@ -45,24 +56,32 @@ from ctr.utils.logging import get_logger
 
 # named after the package, not this module: log settings (tests, benchmarks) address it
 logger = get_logger("ctr.data.movielens")
+_LOGGED_USERS = 20  # topped-up users named in the log; the rest are counted
 
 
-class MovieLensAdapter:
-    """Builds the schema, the training set and the val / test splits of MovieLens-100K.
+class LeaveOneOutAdapter:
+    """Builds the schema, the training set and the val / test splits of a data set.
+
+    A subclass names the data set (`name`, `default_data_dir`), its user
+    columns (`user_columns`, a subset of USER_COLUMNS) and reads its files
+    (`read_raw`); everything after reading is shared.
 
     Args:
-        data_dir: directory holding u.data, u.item, u.user, u.genre, u.occupation.
+        data_dir: directory holding the data set's files.
         data_config: num_negatives, num_eval_negatives, eval_seed.
         feature_config: embedding sizes and max_genres (defaults if None).
 
     After `build()` the adapter also holds: `schema`, `preprocessor`,
     `ratings` (every rating with its `split`), `item_popularity`,
     `user_ids` / `item_ids` (rows of the user table / the catalogue),
-    `train_mask` / `known_mask` ((U, I) bool: training / all interactions)
+    `train_mask` / `known_mask` ((U, I) bool, bit-packed InteractionMasks; np.asarray
+    gives the dense array: training / all interactions)
     and `topped_up_users` (split -> raw ids of users whose candidates repeat).
     """
 
-    name = "movielens-100k"
+    name = ""
+    default_data_dir = ""
+    user_columns: tuple[str, ...] = USER_COLUMNS
 
     def __init__(
         self,
@@ -73,11 +92,12 @@ class MovieLensAdapter:
         self.data_dir = Path(data_dir)
         self.data_config = data_config
         self.feature_config = feature_config if feature_config is not None else FeatureConfig()
-        unknown = sorted(set(self.feature_config.field_embedding_dims) - set(FIELD_ORDER))
+        self.field_order = field_order_for(self.user_columns)
+        unknown = sorted(set(self.feature_config.field_embedding_dims) - set(self.field_order))
         if unknown:
             raise CTRError(
                 f"features.field_embedding_dims names unknown fields {unknown}; "
-                f"the fields of {self.name} are: {', '.join(FIELD_ORDER)}"
+                f"the fields of {self.name} are: {', '.join(self.field_order)}"
             )
         self.schema: DatasetSchema | None = None
         self.preprocessor: MovieLensPreprocessor | None = None
@@ -109,7 +129,7 @@ class MovieLensAdapter:
     def build_schema(self, preprocessor: MovieLensPreprocessor) -> DatasetSchema:
         dims = self.feature_config.field_embedding_dims
         fields = []
-        for name in FIELD_ORDER:
+        for name in preprocessor.field_order:
             is_genres = name == "genres"
             fields.append(
                 FieldSchema(
@@ -117,7 +137,7 @@ class MovieLensAdapter:
                     FeatureType.SEQUENCE if is_genres else FeatureType.SPARSE,
                     preprocessor.encoders[name].vocabulary_size,
                     dims.get(name, self.feature_config.embedding_dim),
-                    group="user" if name in USER_FIELDS else "item",
+                    group="user" if name in preprocessor.user_fields else "item",
                     max_length=self.feature_config.max_genres if is_genres else None,
                     combiner="mean",
                 )
@@ -126,7 +146,7 @@ class MovieLensAdapter:
 
     def build(self) -> tuple[DatasetSchema, NegativeSamplingTrainSet, EvalSplit, EvalSplit]:
         """Read, split, encode and sample: (schema, train_ds, val_ds, test_ds)."""
-        raw = read_movielens(self.data_dir)
+        raw = self._read()
         ratings = leave_one_out_split(raw.ratings)
         split = ratings["split"].to_numpy()
         is_train = split == "train"
@@ -134,7 +154,12 @@ class MovieLensAdapter:
             ratings[is_train], raw.users, raw.items, self.feature_config.max_genres
         )
         schema = self.build_schema(pre)
-        enc = EncodedRatings.from_preprocessor(pre, ratings, FIELD_ORDER)
+        if pre.field_order != self.field_order:
+            raise CTRError(
+                f"{self.name}: expected the user columns {list(self.user_columns)} in the "
+                f"user table, got {list(pre.user_columns)}"
+            )
+        enc = EncodedRatings.from_preprocessor(pre, ratings, self.field_order)
         train_ds = build_train_set(enc, is_train, self.data_config.num_negatives)
         self.topped_up_users = {}
         val_ds = self._eval_split("val", enc, split == "val")
@@ -149,6 +174,24 @@ class MovieLensAdapter:
         self.item_popularity = popularity.astype(np.int64)
         return schema, train_ds, val_ds, test_ds
 
+    def read_raw(self) -> MovieLensRaw:
+        """The data set's tables (a subclass reads its files here)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to read its data")
+
+    def _read(self) -> MovieLensRaw:
+        try:
+            return self.read_raw()
+        except DataNotFoundError as exc:
+            default = Path(self.default_data_dir)
+            elsewhere = self.data_dir.parts[-len(default.parts) :] != default.parts
+            if not (default.parts and elsewhere and self.data_dir.is_dir()):
+                raise
+            # the usual slip: data.dataset changed, data.data_dir still another data set's
+            raise DataNotFoundError(
+                f"{exc} (data.data_dir is {self.data_dir}; {self.name} usually lives in "
+                f"{self.default_data_dir}: --override data.data_dir={self.default_data_dir})"
+            ) from None
+
     def _eval_split(self, name: str, enc: EncodedRatings, in_split: np.ndarray) -> EvalSplit:
         """One evaluation split; logs and records the users whose candidates repeat."""
         num_neg = self.data_config.num_eval_negatives
@@ -157,12 +200,52 @@ class MovieLensAdapter:
         )
         if topped_up:
             self.topped_up_users[name] = list(topped_up)
+            users, pools = list(topped_up), list(topped_up.values())
+            more = ""
+            if len(users) > _LOGGED_USERS:  # a small catalogue: say how many, show a few
+                more = f" (and {len(users) - _LOGGED_USERS:,} more of {len(users):,} users)"
+                users, pools = users[:_LOGGED_USERS], pools[:_LOGGED_USERS]
             logger.warning(
-                "%s candidates: users %s have only %s never-interacted items (< %d negatives): "
+                "%s candidates: users %s have only %s never-interacted items (< %d negatives)%s: "
                 "each gets its whole pool, topped up by draws from it with replacement",
                 name,
-                list(topped_up),
-                list(topped_up.values()),
+                users,
+                pools,
                 num_neg,
+                more,
             )
         return split
+
+
+class MovieLensAdapter(LeaveOneOutAdapter):
+    """MovieLens-100K: u.data, u.item, u.user, u.genre, u.occupation in `data_dir`."""
+
+    name = "movielens-100k"
+    default_data_dir = "data/ml-100k"
+
+    def read_raw(self) -> MovieLensRaw:
+        return read_movielens(self.data_dir)
+
+
+class MovieLens1MAdapter(LeaveOneOutAdapter):
+    """MovieLens-1M: ratings.dat, users.dat, movies.dat in `data_dir` (6,040 users,
+    3,706 rated movies, 1,000,209 ratings); the fields of MovieLens-100K."""
+
+    name = "movielens-1m"
+    default_data_dir = "data/ml-1m"
+
+    def read_raw(self) -> MovieLensRaw:
+        return read_ml1m(self.data_dir)
+
+
+class MovieLens20MAdapter(LeaveOneOutAdapter):
+    """MovieLens-20M: ratings.csv, movies.csv in `data_dir` (138,493 users, 26,744
+    rated movies, 20,000,263 ratings); no user file, so the fields are user_id,
+    movie_id and genres."""
+
+    name = "movielens-20m"
+    default_data_dir = "data/ml-20m"
+    user_columns = ()
+
+    def read_raw(self) -> MovieLensRaw:
+        return read_ml20m(self.data_dir)

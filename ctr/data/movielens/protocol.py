@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from ctr.data.dataset import EvalSplit, TabularDataset
+from ctr.data.masks import InteractionMask, row_counts
 from ctr.data.sampling import (
     EVAL_STREAM,
     NegativeSamplingTrainSet,
@@ -72,7 +73,7 @@ class EncodedRatings:
     item_ids: np.ndarray  # (I,) raw ids of the catalogue rows
     user_features: dict[str, torch.Tensor]  # field -> (U,)
     item_features: dict[str, torch.Tensor]  # field -> (I,) or (I, L)
-    known_mask: np.ndarray  # (U, I) bool: rated in any split
+    known_mask: InteractionMask  # (U, I) bool, bit-packed: rated in any split
     field_order: tuple[str, ...]  # every field, user- and item-side, in the schema's order
 
     @classmethod
@@ -104,8 +105,9 @@ class EncodedRatings:
                 f"{unknown.size} rating(s) that are not, the first: {user_column} "
                 f"{ratings[user_column].iloc[i]}, {item_column} {ratings[item_column].iloc[i]}"
             )
-        known = np.zeros((len(pre.user_ids), len(pre.item_ids)), dtype=bool)
-        known[user_rows, item_rows] = True
+        known = InteractionMask.from_pairs(
+            user_rows, item_rows, (len(pre.user_ids), len(pre.item_ids))
+        )
         enc = cls(
             user_rows=user_rows.astype(np.int64),
             item_rows=item_rows.astype(np.int64),
@@ -125,11 +127,11 @@ class EncodedRatings:
             )
         return enc
 
-    def mask(self, rows: np.ndarray) -> np.ndarray:
-        """(U, I) bool of the ratings selected by the boolean `rows`."""
-        out = np.zeros_like(self.known_mask)
-        out[self.user_rows[rows], self.item_rows[rows]] = True
-        return out
+    def mask(self, rows: np.ndarray) -> InteractionMask:
+        """(U, I) bool (bit-packed) of the ratings selected by the boolean `rows`."""
+        return InteractionMask.from_pairs(
+            self.user_rows[rows], self.item_rows[rows], self.known_mask.shape
+        )
 
     def gather(self, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, torch.Tensor]:
         """Encoded rows of (user, item) pairs, every field in `field_order`."""
@@ -207,11 +209,13 @@ def build_eval_split(
     order = np.argsort(enc.user_rows[in_split], kind="stable")
     split_users = enc.user_rows[in_split][order]  # (U,) one held-out rating per user
     positive = enc.item_rows[in_split][order]  # (U,)
-    known = enc.known_mask[split_users]  # (U, I)
     rng = np.random.default_rng(seed_entropy(eval_seed, _SPLIT_CODES[name], EVAL_STREAM))
-    cand, topped_up = sample_eval_candidates(positive, known, num_negatives, rng)  # (U, C)
+    cand, topped_up = sample_eval_candidates(
+        positive, enc.known_mask, num_negatives, rng, user_rows=split_users
+    )  # (U, C)
     ids = enc.user_ids[split_users[topped_up]].tolist()
-    pools = (known.shape[1] - known[topped_up].sum(axis=1)).tolist()
+    num_items = enc.known_mask.shape[1]
+    pools = (num_items - row_counts(enc.known_mask, split_users[topped_up])).tolist()
     num_candidates = 1 + num_negatives
     labels = np.zeros(cand.size, dtype=np.float32)
     labels[::num_candidates] = 1.0
@@ -220,12 +224,13 @@ def build_eval_split(
     )
 
     # full ranking skips the user's other known interactions (any split)
-    num_users, num_items = len(split_users), known.shape[1]
+    num_users = len(split_users)
     slot = np.full(enc.known_mask.shape[0], -1, dtype=np.int64)
     slot[split_users] = np.arange(num_users)
     owner = slot[enc.user_rows]  # (R,) block of each rating's user, -1 if not in the split
     keep = (owner >= 0) & ~in_split
-    pair_keys = np.unique(owner[keep] * num_items + enc.item_rows[keep])  # sorted (user, item)
+    pair_keys = np.sort(owner[keep] * num_items + enc.item_rows[keep])
+    pair_keys = pair_keys[np.r_[True, pair_keys[1:] != pair_keys[:-1]]]  # unique (user, item)
     owners, items = np.divmod(pair_keys, num_items)
     other = items != positive[owners]  # a repeated rating of the positive stays rankable
     owners, items = owners[other], items[other]
