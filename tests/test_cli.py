@@ -192,6 +192,9 @@ OVERRIDE_FORMS = {
 def _override_command(command: str, tmp_path) -> list[str]:
     if command == "train":
         return ["train", "--model", "lr"]
+    if command == "sweep":
+        storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+        return ["sweep", "--model", "lr", "--trials", "1", "--storage", storage]
     readme = tmp_path / "README.md"
     readme.write_text("# ctr\n")
     return ["results", "--models", "lr", "--seeds", "1", "--no-track"] + [
@@ -202,7 +205,7 @@ def _override_command(command: str, tmp_path) -> list[str]:
     ]
 
 
-OVERRIDE_COMMANDS = ("train", "results")
+OVERRIDE_COMMANDS = ("train", "results", "sweep")
 
 
 def test_every_command_with_overrides_is_tested_here():
