@@ -57,6 +57,7 @@ from experiments.artifacts import (
     plot_training_curves,
     silence_pickle_warnings,
 )
+from experiments.tracking_errors import recording_after, restored_history
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -170,6 +171,7 @@ class MLflowCallback(Callback):
         self.extra_model_loggers = list(extra_model_loggers)
         self.context: TrainingContext | None = None
         self.history: list[dict[str, float]] = []
+        self.restored_history: list[dict[str, float]] = []
         self.logged_best: Path | None = None
         self.model_uri: str | None = None
         # wall time spent inside the per-epoch hooks (what tracking adds to an epoch)
@@ -181,8 +183,11 @@ class MLflowCallback(Callback):
         from mlflow.entities import Param
 
         existing = self.client.get_run(self.run_id).data.params
+        # a run resumed into itself keeps its first value of training.resume_from
         clashes = {
-            k: (existing[k], v) for k, v in params.items() if k in existing and existing[k] != v
+            k: (existing[k], v)
+            for k, v in params.items()
+            if k in existing and existing[k] != v and k != "training.resume_from"
         }
         if clashes:
             detail = ", ".join(
@@ -221,6 +226,7 @@ class MLflowCallback(Callback):
 
         self.context = context
         cfg = context.config
+        self.restored_history = restored_history(cfg)  # the epochs before a resume, for the curves
         self._log_params(run_params(context))
         self.client.log_batch(
             self.run_id,
@@ -277,7 +283,7 @@ class MLflowCallback(Callback):
             self._log_checkpoint(Path(best))
             self.logged_best = Path(best)
         if self.history:
-            self._log_figure(plot_training_curves(self.history), CURVES_ARTIFACT)
+            self._log_figure(plot_training_curves(self.curve_history()), CURVES_ARTIFACT)
         if self.context is not None:
             result = self._result(summary)
             if self.log_model:
@@ -285,21 +291,23 @@ class MLflowCallback(Callback):
             self.log_extra_models(result)
 
     def on_exception(self, exc: BaseException) -> None:
-        """Keep what a failed run produced: best (and last) checkpoint, partial curves."""
-        if self.context is None:
-            return
-        for name in ("best.pt", "last.pt"):
-            path = Path(self.context.checkpoint_dir) / name
+        """Keep what a failed run produced: best (and last) checkpoint, partial curves
+        (after a tracking error: one quick try each, none if the server is gone)."""
+        with recording_after(exc, self.client.tracking_uri) as worth_trying:
+            if self.context is None or not worth_trying:
+                return
+            for name in ("best.pt", "last.pt"):
+                path = Path(self.context.checkpoint_dir) / name
+                try:
+                    if path.is_file():
+                        self._log_checkpoint(path)
+                except Exception as log_exc:  # never mask the training error
+                    logger.warning("could not log %s after a failure: %s", path, log_exc)
             try:
-                if path.is_file():
-                    self._log_checkpoint(path)
-            except Exception as log_exc:  # never mask the training error
-                logger.warning("could not log %s after a failure: %s", path, log_exc)
-        try:
-            if self.history:
-                self._log_figure(plot_training_curves(self.history), CURVES_ARTIFACT)
-        except Exception as log_exc:
-            logger.warning("could not log the training curves after a failure: %s", log_exc)
+                if self.history:
+                    self._log_figure(plot_training_curves(self.curve_history()), CURVES_ARTIFACT)
+            except Exception as log_exc:
+                logger.warning("could not log the training curves after a failure: %s", log_exc)
 
     # ----------------------------------------------------------------- models
     def _result(self, summary: dict[str, Any]) -> TrainResult:
@@ -364,6 +372,9 @@ class MLflowCallback(Callback):
             self.client.log_figure(self.run_id, fig, artifact_file)
         finally:
             plt.close(fig)
+
+    def curve_history(self) -> list[dict[str, float]]:
+        return [*self.restored_history, *self.history]  # a resumed run's earlier epochs first
 
     def overhead_fraction(self) -> float:
         """Tracking time per epoch / epoch time (train + eval), averaged over the run."""

@@ -8,9 +8,15 @@ One call = one MLflow run:
   (when `mlflow run` already created one, it is marked FAILED with the error);
 - an unreachable tracking server fails in seconds, naming the URI and the fix,
   before any data is read;
+- a server that fails mid-run is retried for up to CTR_TRACKING_TIMEOUT seconds
+  per request (default 120; experiments/tracking_errors.py): one back by then
+  loses nothing, else the run ends with a TrackingFailedError that gives the
+  command continuing it, into the same run, from its last checkpoint
+  (`MLFLOW_RUN_ID=<run> ctr train ... training.resume_from=<dir>/last.pt`);
 - the run ends FINISHED, FAILED (error text in the tag `error`, traceback in
   `errors/traceback.txt`) or KILLED (Ctrl-C or SIGTERM);
-- started by `mlflow run`, it attaches to the run MLflow created (MLFLOW_RUN_ID).
+- started by `mlflow run`, it attaches to the run MLflow created (MLFLOW_RUN_ID);
+  so does a run resumed into itself (tagged ctr.resumed_from, the checkpoint).
 
 `ctr train` then prints `run_summary(run_id)`: the best epoch's validation and
 test metrics, where the run is, and the commands to open, compare and promote
@@ -35,6 +41,19 @@ from ctr.errors import CTRError
 from ctr.utils import get_logger
 from experiments.store import prepare_tracking_store, retry_when_locked
 from experiments.tracking import ExtraModelLogger, MLflowCallback
+from experiments.tracking_errors import (  # noqa: F401  (TrackingServerError: part of this API)
+    TrackingServerError,
+    bounded_http_retries,
+    check_tracking_server,
+    env_vars,
+    is_server_uri,
+    is_tracking_error,
+    mark_resumed,
+    recording_after,
+    resume_command,
+    tracking_failed,
+    tracking_timeout,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -45,11 +64,6 @@ DEFAULT_EXPERIMENT = "movielens-100k"
 ERROR_TAG = "error"
 TRACEBACK_ARTIFACT = "errors/traceback.txt"
 _MAX_TAG_CHARS = 5000  # MLflow allows 8000 per tag value
-_SERVER_CHECK_TIMEOUT_S = 5
-
-
-class TrackingServerError(CTRError, RuntimeError):
-    """The MLflow tracking server cannot be reached."""
 
 
 class TrainingTerminated(KeyboardInterrupt):
@@ -73,47 +87,6 @@ def default_extra_model_loggers() -> list[ExtraModelLogger]:
     return [log_recommender]
 
 
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def check_tracking_server(uri: str | None = None, timeout: int = _SERVER_CHECK_TIMEOUT_S) -> str:
-    """Return the tracking URI; raise TrackingServerError at once if it is a
-    server that does not answer (instead of MLflow's minutes of retries)."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = uri or mlflow.get_tracking_uri()
-    if not is_server_uri(uri):
-        return uri
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)):
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as exc:
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise TrackingServerError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it "
-                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
-                f"sqlite:///mlflow.db`) or unset MLFLOW_TRACKING_URI to track into "
-                f"./mlflow.db in the working directory"
-            ) from None
-    return uri
-
-
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
 @contextmanager
 def _no_artifact_progress_bars() -> Iterator[None]:
     """No 'Downloading artifacts' bars while the run logs its models: MLflow reads
@@ -122,7 +95,7 @@ def _no_artifact_progress_bars() -> Iterator[None]:
     if "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" in os.environ:
         yield
         return
-    with _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+    with env_vars(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         yield
 
 
@@ -197,6 +170,7 @@ def run_training(
     """Train one model as one MLflow run and return the run id.
 
     Raises ConfigError (no run created), TrackingServerError (no run created),
+    TrackingFailedError when tracking fails mid-run (its message says how to resume),
     or whatever training raised (the run is marked FAILED / KILLED first).
     """
     import mlflow
@@ -207,55 +181,92 @@ def run_training(
     attached_run_id = os.environ.get("MLFLOW_RUN_ID") or None
     try:
         config = load_training_config(config_path, overrides, model)
-    except ConfigError as exc:
+        timeout = tracking_timeout()
+    except CTRError as exc:
         if attached_run_id:  # `mlflow run` created the run already: close it honestly
             client = MlflowClient()
             _mark_failed(client, attached_run_id, exc, "FAILED")
             client.set_terminated(attached_run_id, "FAILED")
         raise
-    prepare_tracking_store(check_tracking_server())  # several processes may start at once
+    uri = prepare_tracking_store(check_tracking_server())  # several processes may start at once
 
-    if attached_run_id:
-        run = retry_when_locked(mlflow.start_run, run_id=attached_run_id)
-    else:
-        # Pass the id on: when two processes create the experiment at once, MLflow's
-        # set_experiment returns it to the loser without making it active, and a bare
-        # start_run would then log into the Default experiment.
-        experiment = retry_when_locked(mlflow.set_experiment, experiment_name)
-        run = retry_when_locked(
-            mlflow.start_run, run_name=run_name, experiment_id=experiment.experiment_id
+    with bounded_http_retries(timeout):
+        if attached_run_id:
+            run = retry_when_locked(mlflow.start_run, run_id=attached_run_id)
+        else:
+            # Pass the id on: when two processes create the experiment at once, MLflow's
+            # set_experiment returns it to the loser without making it active, and a bare
+            # start_run would then log into the Default experiment.
+            experiment = retry_when_locked(mlflow.set_experiment, experiment_name)
+            run = retry_when_locked(
+                mlflow.start_run, run_name=run_name, experiment_id=experiment.experiment_id
+            )
+        run_id = run.info.run_id
+        client = MlflowClient()
+        loggers = (
+            default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
         )
-    run_id = run.info.run_id
-    client = MlflowClient()
-    loggers = default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
-    callback = MLflowCallback(run_id, client=client, extra_model_loggers=loggers)
-    checkpoint_dir = Path(config.training.checkpoint_dir) / run_id
-    logger.info(
-        "run %s (experiment %s) at %s: training %s",
-        run_id,
-        run.info.experiment_id,
-        mlflow.get_tracking_uri(),
-        config.model_name,
-    )
-    try:
-        with sigterm_as_interrupt(), _no_artifact_progress_bars():
-            fit(config, callbacks=[callback], checkpoint_dir=checkpoint_dir)
-    except KeyboardInterrupt as exc:
-        _mark_failed(client, run_id, exc, "KILLED")
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException as exc:
-        _mark_failed(client, run_id, exc, "FAILED")
-        mlflow.end_run(status="FAILED")
-        exc.mlflow_run_id = run_id  # type: ignore[attr-defined]  # for the CLI's message
-        raise
-    if callback.history:  # what tracking added to the epochs (per-epoch hooks only)
-        per_epoch = sum(callback.epoch_overhead_seconds) / len(callback.history)
-        client.log_metric(run_id, "tracking_seconds_per_epoch", per_epoch)
-        client.log_metric(run_id, "tracking_overhead_fraction", callback.overhead_fraction())
-    mlflow.end_run(status="FINISHED")
+        callback = MLflowCallback(run_id, client=client, extra_model_loggers=loggers)
+        checkpoint_dir = Path(config.training.checkpoint_dir) / run_id
+        logger.info(
+            "run %s (experiment %s) at %s: training %s",
+            run_id,
+            run.info.experiment_id,
+            uri,
+            config.model_name,
+        )
+        try:
+            mark_resumed(client, run_id, config)
+            with sigterm_as_interrupt(), _no_artifact_progress_bars():
+                fit(config, callbacks=[callback], checkpoint_dir=checkpoint_dir)
+            if callback.history:  # what tracking added to the epochs (per-epoch hooks only)
+                per_epoch = sum(callback.epoch_overhead_seconds) / len(callback.history)
+                client.log_metric(run_id, "tracking_seconds_per_epoch", per_epoch)
+                client.log_metric(
+                    run_id, "tracking_overhead_fraction", callback.overhead_fraction()
+                )
+            mlflow.end_run(status="FINISHED")
+        except KeyboardInterrupt as exc:
+            _end_unfinished(client, run_id, exc, "KILLED", uri)
+            raise
+        except BaseException as exc:
+            marked = _end_unfinished(client, run_id, exc, "FAILED", uri)
+            if is_tracking_error(exc):
+                resume = resume_command(run_id, checkpoint_dir, config_path, model, overrides)
+                raise tracking_failed(
+                    exc,
+                    uri,
+                    run_id,
+                    marked_failed=marked,
+                    checkpoint_dir=checkpoint_dir.resolve(),
+                    resume=resume,
+                    timeout=timeout,
+                ) from exc
+            exc.mlflow_run_id = run_id  # type: ignore[attr-defined]  # for the CLI's message
+            raise
     logger.info("run %s finished; model at %s", run_id, callback.model_uri)
     return run_id
+
+
+def _end_unfinished(client, run_id: str, exc: BaseException, status: str, uri: str) -> bool:
+    """Record why the run did not finish and end it with `status`; return whether the
+    server took the status. Never raises: after a tracking error each request is one
+    quick attempt, and none is made to a server that no longer answers."""
+    import mlflow
+
+    with recording_after(exc, uri) as worth_trying:
+        if worth_trying:
+            _mark_failed(client, run_id, exc, status)
+        try:
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status=status)  # leaves the run even when the request fails
+            elif worth_trying:  # ending it FINISHED failed: the run was left already
+                client.set_terminated(run_id, status)
+            return worth_trying
+        except Exception as end_exc:
+            if worth_trying:  # else the server is known to be gone: the error says so
+                logger.warning("could not mark run %s %s: %s", run_id, status, end_exc)
+            return False
 
 
 def train_untracked(
