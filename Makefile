@@ -1,4 +1,5 @@
-# One virtual environment, .venv, holds everything; nothing is installed system-wide.
+# One virtual environment, .venv, holds everything Python; the one system package,
+# Debian's postgresql, is installed with it where missing (see postgres-server).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,11 +9,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: install postgres-server train test test-fast lint format results results-fair results-fair-check bench bench-env clean
 
-install: $(STAMP) postgres-server
+install: $(STAMP)
 
 # Re-runs only when pyproject.toml changes. torch is installed first and pinned:
 # torch==2.13.0 resolves to a local CPU wheel here, anything else may pull a CUDA build.
+# postgres-server runs here, not as a prerequisite of install: a phony prerequisite
+# would make `make -q install` report the install out of date forever.
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory postgres-server
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev]"

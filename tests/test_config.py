@@ -191,7 +191,8 @@ def test_sizes_a_layer_would_refuse_are_config_errors(override, where, why):
 
 
 def test_a_dropout_the_fast_mask_rounds_to_one_is_a_config_error():
-    assert load_config(None, ["dnn.dropout=0.999995"]).dnn.dropout == 0.999995  # nn.Dropout
+    plain = load_config(None, ["dnn.dropout=0.999995", "dnn.fast_dropout=false"])
+    assert plain.dnn.dropout == 0.999995  # nn.Dropout takes it
     with pytest.raises(ConfigError, match="dnn: .*rounds to 1"):
         load_config(None, ["dnn.dropout=0.999995", "dnn.fast_dropout=true"])
 
