@@ -159,7 +159,9 @@ class RankingEvaluator:
             )
         return ranks
 
-    def evaluate(self, model: Model, full_ranking: bool | None = None) -> dict[str, float]:
+    def evaluate(
+        self, model: Model, full_ranking: bool | None = None, sampled: bool = True
+    ) -> dict[str, float]:
         """Score the split with `model` (batch dict -> logits (B, 1)) and return
         {name}_hr_at_{k}, {name}_ndcg_at_{k}, {name}_auc, {name}_logloss and,
         with full ranking, {name}_full_hr_at_10 and {name}_full_ndcg_at_10.
@@ -167,6 +169,8 @@ class RankingEvaluator:
         full_ranking: None ranks against the catalogue when the evaluator was built
         with full_ranking=True; False skips it for this call (the cheaper sampled
         metrics only); True requires an evaluator built with it.
+        sampled: False skips the sampled candidates (only the full-ranking metrics,
+        e.g. for weights whose sampled metrics are known already).
 
         An nn.Module is put in eval mode and its previous mode restored after.
         """
@@ -180,10 +184,12 @@ class RankingEvaluator:
             model.eval()
         try:
             with torch.inference_mode():
-                sampled = self._score_candidates(model)
+                metrics: dict[str, float] = {}
+                if sampled:
+                    U, C = self.split.num_users, self.split.num_candidates
+                    logits = self._score_candidates(model).view(U, C)
+                    metrics = _sampled_metrics(self.split, logits, self.ks)
                 full_ranks = self._full_ranks(model) if full else None
-                U, C = self.split.num_users, self.split.num_candidates
-                metrics = _sampled_metrics(self.split, sampled.view(U, C), self.ks)
                 if full_ranks is not None:
                     metrics.update(_full_metrics(self.split.name, full_ranks.cpu().numpy()))
         finally:

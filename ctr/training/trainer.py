@@ -406,8 +406,7 @@ class Trainer:
         val = self.val_evaluator
         if best_row is not None and val is not None and val.full_ranking:
             if not self.full_ranking_each_epoch:  # the best weights are in self.model now
-                metrics = val.evaluate(self.model)
-                best_row.update({k: v for k, v in metrics.items() if "_full_" in k})
+                best_row.update(val.evaluate(self.model, full_ranking=True, sampled=False))
         if best_row is not None:
             for key, value in best_row.items():
                 if key.startswith("val_"):
