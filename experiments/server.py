@@ -161,8 +161,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL it after a grace period."""
+def stop_process_group(proc: subprocess.Popen, grace: float = _STOP_GRACE_S) -> None:
+    """SIGTERM the process group `proc` leads (started with start_new_session=True),
+    SIGKILL it after `grace` seconds, then SIGKILL whatever of the group is left."""
 
     def send(sig: int) -> None:
         try:
@@ -173,7 +174,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         send(signal.SIGTERM)
         try:
-            proc.wait(timeout=_STOP_GRACE_S)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             send(signal.SIGKILL)
             proc.wait(timeout=10)
@@ -306,7 +307,7 @@ def _serve_mlflow(
     log_fh.write(f"\n--- ctr server: mlflow server on {options.host}:{port}\n".encode())
     log_fh.flush()
     proc = _start_mlflow(options, store_uri, artifacts, port, log_fh)
-    stack.callback(_announce_stop, log, "the MLflow server", lambda: _stop_group(proc))
+    stack.callback(_announce_stop, log, "the MLflow server", lambda: stop_process_group(proc))
     url = f"http://{_client_host(options.host)}:{port}"
     _wait_until_ready(url, proc, logfile)
     log(f"MLflow tracking server ready (pid {proc.pid}); track into it with:")

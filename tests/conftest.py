@@ -86,10 +86,15 @@ def wait_until_answers(url: str, proc: subprocess.Popen, log: Path, timeout: flo
 def stop_process(proc: subprocess.Popen, grace: float = 15.0, group: bool = False) -> None:
     """SIGTERM the process (group=True: its whole process group, for a server started
     with start_new_session=True), then SIGKILL it if it does not exit in time."""
+    if group:  # children share the group (mlflow models serve's uvicorn): all of it goes
+        from experiments.server import stop_process_group
+
+        stop_process_group(proc, grace)
+        return
 
     def send(sig: int) -> None:
         try:
-            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+            os.kill(proc.pid, sig)
         except ProcessLookupError:
             pass
 
@@ -100,8 +105,6 @@ def stop_process(proc: subprocess.Popen, grace: float = 15.0, group: bool = Fals
         except subprocess.TimeoutExpired:
             send(signal.SIGKILL)
             proc.wait(timeout=10)
-    if group:  # children share the group (mlflow models serve's uvicorn): make sure they are gone
-        send(signal.SIGKILL)
 
 
 @dataclass
