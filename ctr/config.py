@@ -97,6 +97,31 @@ class AttentionConfig(_Section):
     use_residual: bool = True
 
 
+class HistoryConfig(_Section):
+    """Behaviour history: the `history` field, each row's most recent items before it.
+
+    The rules of what a row may see are in DESIGN.md ("Behaviour history"); the field
+    holds encoded movie ids (the movie_id field's indices and embedding rows), left-padded
+    with 0, the most recent item last.
+    """
+
+    enabled: bool = False  # add the `history` field to every row
+    length: int = Field(50, ge=1)  # N: the most recent items kept per row
+    # how a CTR model (deepfm, xdeepfm, attention_deepfm, fm) turns the N items into
+    # one field embedding: mean of the items; din: the candidate item attends over
+    # them (Zhou et al., KDD 2018); self_attention: a SASRec-style encoder over the
+    # items first, then the candidate attends over its outputs
+    pooling: Literal["mean", "din", "self_attention"] = "mean"
+    attention_hidden_units: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 32], min_length=1
+    )  # the DIN scorer MLP over [h, c, h - c, h * c]
+    # the self-attention encoder (pooling self_attention, and the sasrec model)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(1, ge=1)
+    hidden_dim: int = Field(64, ge=1)  # model width of the encoder (sasrec's item embedding)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
 class TrainingConfig(_Section):
     batch_size: int = Field(1024, ge=1)
     eval_batch_size: int = Field(65536, ge=1)  # rows scored per forward pass in evaluation
@@ -157,6 +182,7 @@ class ExperimentConfig(_Section):
     dnn: DNNConfig = Field(default_factory=DNNConfig)
     cin: CINConfig = Field(default_factory=CINConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @field_validator("model_name")

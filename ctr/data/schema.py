@@ -33,6 +33,8 @@ class FieldSchema:
         group: optional tag (e.g. "user", "item") for feature tables.
         max_length: padded length of a SEQUENCE field.
         combiner: pooling of a SEQUENCE field: "mean", "sum" or "max".
+        shares: for a SEQUENCE field, the SPARSE field whose indices it holds (the
+            `history` field holds movie_id indices): a model may embed both with one table.
 
     Example:
         FieldSchema("user_id", FeatureType.SPARSE, 944, 16)
@@ -45,6 +47,7 @@ class FieldSchema:
     group: str | None = None
     max_length: int | None = None
     combiner: str = "mean"
+    shares: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.feature_type, FeatureType):
@@ -62,6 +65,11 @@ class FieldSchema:
                 raise ValueError(
                     f"sequence field {self.name!r} needs max_length >= 1, got {self.max_length}"
                 )
+        if self.shares is not None and self.feature_type is not FeatureType.SEQUENCE:
+            raise ValueError(
+                f"field {self.name!r}: only a sequence field may share another field's "
+                f"indices, got shares={self.shares!r} on a {self.feature_type.value} field"
+            )
         if self.combiner not in _COMBINERS:
             raise ValueError(
                 f"field {self.name!r}: combiner must be one of {_COMBINERS}, got {self.combiner!r}"
@@ -70,6 +78,8 @@ class FieldSchema:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["feature_type"] = self.feature_type.value
+        if d["shares"] is None:  # saved as schemas were before fields could share indices
+            del d["shares"]
         return d
 
     @classmethod
@@ -162,6 +172,20 @@ class DatasetSchema:
         object.__setattr__(self, "fields", FieldMap(self.fields))
         if not self.fields:
             raise ValueError("a schema needs at least one field")
+        for f in self.fields.values():
+            if f.shares is None:
+                continue
+            other = self.fields.get(f.shares)
+            if (
+                other is None
+                or other.feature_type is not FeatureType.SPARSE
+                or other.vocabulary_size != f.vocabulary_size
+            ):
+                raise ValueError(
+                    f"field {f.name!r} shares the indices of {f.shares!r}, which must be a "
+                    f"sparse field of the schema with the same vocabulary_size "
+                    f"({f.vocabulary_size}); got {other!r}"
+                )
 
     def __setstate__(self, state: dict) -> None:
         # Schemas pickled before `fields` became a FieldMap held a tuple and a name index.
