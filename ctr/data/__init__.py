@@ -75,11 +75,13 @@ def get_adapter(
     data_dir: str | Path | None = None,
     data_config: Any = None,
     feature_config: Any = None,
+    history_config: Any = None,
 ):
     """Instantiate the adapter registered as `name`.
 
     data_dir defaults to data_config.data_dir; data_config and feature_config
-    to their defaults (ctr.config.DataConfig / FeatureConfig).
+    to their defaults (ctr.config.DataConfig / FeatureConfig); history_config
+    (ctr.config.HistoryConfig) adds the behaviour-history field when enabled.
     """
     factory = _adapter_class(name)
     if factory is None:
@@ -92,7 +94,9 @@ def get_adapter(
     feature_config = feature_config if feature_config is not None else FeatureConfig()
     if data_dir is None:
         data_dir = data_config.data_dir
-    return factory(data_dir, data_config, feature_config)
+    if history_config is None:
+        return factory(data_dir, data_config, feature_config)
+    return factory(data_dir, data_config, feature_config, history_config=history_config)
 
 
 register_adapter("movielens-100k")(MovieLensAdapter)

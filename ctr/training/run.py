@@ -58,7 +58,11 @@ class BuiltData(NamedTuple):
 def build_data(config: ExperimentConfig) -> BuiltData:
     """(adapter, schema, train_ds, val_ds, test_ds) for the config's data set."""
     adapter = get_adapter(
-        config.data.dataset, resolve_data_dir(config.data.data_dir), config.data, config.features
+        config.data.dataset,
+        resolve_data_dir(config.data.data_dir),
+        config.data,
+        config.features,
+        history_config=config.history,
     )
     schema, train_ds, val_ds, test_ds = adapter.build()
     return BuiltData(adapter, schema, train_ds, val_ds, test_ds)
