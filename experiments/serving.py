@@ -80,6 +80,8 @@ def recommender_signature():
             ColSpec("string", "occupation", required=False),
             ColSpec("string", "zip_code", required=False),
             ColSpec(AnyType(), "genres", required=False),  # ["Drama", ...] or "Drama|..."
+            # unknown users of a history model: [50, 172, ...] movie ids, most recent last
+            ColSpec(AnyType(), "history", required=False),
         ]
     )
     outputs = Schema(

@@ -166,6 +166,10 @@ class EvalSplit:
         positive_item_index: (U,) row in the catalogue of each user's positive.
         exclude_indptr, exclude_items: CSR lists of catalogue rows to skip per user
             in full ranking (the user's other known interactions, any split).
+        strictly_later: (U,) bool, the held-out interaction is strictly later than the
+            user's previous one (not tied to the second and ordered by item id); the
+            evaluation reports these users separately (`{name}_later_*`). None where
+            the data has no timestamps.
     """
 
     name: str
@@ -179,6 +183,7 @@ class EvalSplit:
     positive_item_index: np.ndarray
     exclude_indptr: np.ndarray
     exclude_items: np.ndarray
+    strictly_later: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Number of evaluation rows: users x candidates (U * C)."""

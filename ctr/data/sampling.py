@@ -100,6 +100,9 @@ class NegativeSamplingTrainSet:
         recency_rank: (N,) for each positive, how many training interactions of the
             same user come after it (0 = the user's last one); what
             `recency_weights` needs. None where the data has no time order.
+        context_fields: fields of `positives` that belong to the row, neither the
+            user's nor the item's (the behaviour `history`): a negative carries its
+            positive's value.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class NegativeSamplingTrainSet:
         num_negatives: int,
         item_ids: np.ndarray | None = None,
         recency_rank: np.ndarray | None = None,
+        context_fields: tuple[str, ...] = (),
     ) -> None:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
@@ -122,14 +126,21 @@ class NegativeSamplingTrainSet:
                 f"expected user_rows and item_rows of shape ({n},), got "
                 f"{user_rows.shape} and {item_rows.shape}"
             )
+        context_fields = tuple(context_fields)
         unknown = [
-            f for f in positives.features if f not in user_features and f not in item_features
+            f
+            for f in positives.features
+            if f not in user_features and f not in item_features and f not in context_fields
         ]
         if unknown:
             raise ValueError(
-                f"fields {unknown} are neither user-side nor item-side; "
-                f"user fields: {list(user_features)}, item fields: {list(item_features)}"
+                f"fields {unknown} are neither user-side, item-side nor context fields; "
+                f"user fields: {list(user_features)}, item fields: {list(item_features)}, "
+                f"context fields: {list(context_fields)}"
             )
+        missing = [f for f in context_fields if f not in positives.features]
+        if missing:
+            raise ValueError(f"context fields {missing} are not columns of the positives")
         if recency_rank is not None and np.shape(recency_rank) != (n,):
             raise ValueError(f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}")
         users = np.unique(user_rows)
@@ -150,6 +161,7 @@ class NegativeSamplingTrainSet:
         self.recency_rank = (
             None if recency_rank is None else np.asarray(recency_rank, dtype=np.int64)
         )
+        self.context_fields = context_fields
         self._user_rows_t = torch.from_numpy(self.user_rows)
         self._item_rows_t = torch.from_numpy(self.item_rows)
         self._labels = torch.cat(
@@ -198,7 +210,9 @@ class NegativeSamplingTrainSet:
         items = torch.cat([self._item_rows_t, neg_items])  # (N*(1+K),)
         columns = {
             name: (
-                self.user_features[name].index_select(0, users)
+                self._per_row(self.positives.features[name])
+                if name in self.context_fields
+                else self.user_features[name].index_select(0, users)
                 if name in self.user_features
                 else self.item_features[name].index_select(0, items)
             )

@@ -207,6 +207,7 @@ class SyntheticAdapter(LeaveOneOutAdapter):
         data_dir: str | Path | None = None,
         data_config=None,
         feature_config=None,
+        history_config=None,
         name: str = "synthetic",
         num_users: int | None = None,
         num_items: int | None = None,
@@ -217,7 +218,7 @@ class SyntheticAdapter(LeaveOneOutAdapter):
 
         data_config = data_config if data_config is not None else DataConfig(dataset=name)
         self.name = name
-        super().__init__(data_dir or ".", data_config, feature_config)
+        super().__init__(data_dir or ".", data_config, feature_config, history_config)
         total = num_interactions if num_interactions is not None else parse_synthetic_name(name)
         users, items = synthetic_shape(total)
         self.sizes = (num_users or users, num_items or items, total)

@@ -14,7 +14,10 @@ apart by the presence of a `k` column:
     recommender.predict(pd.DataFrame({"user_id": [196, 196], "movie_id": [242, 302]}))
     recommender.predict(pd.DataFrame({"user_id": [196], "k": [10]}))
 
-Ids unknown to the model are scored with the unknown (OOV) index. Side-feature
+Ids unknown to the model are scored with the unknown (OOV) index. A model
+with a behaviour-history field sees each known user's most recent training
+items; a row for an unknown user may send `history`, a list of movie ids
+(most recent last, or "50|172|181"), and otherwise has an empty history. Side-feature
 columns (gender, age in years, occupation, zip_code as a string, genres as a
 list of names or "Action|Comedy") are used only for ids the bundled tables do
 not know; known ids always use the tables. A missing required column or a value
@@ -38,7 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctr.errors import CTRError
+from ctr.serving.errors import ServingInputError
+from ctr.serving.history import bundled_histories, request_histories
 from ctr.training.scoring import CatalogueScorer
 
 if TYPE_CHECKING:
@@ -58,10 +62,6 @@ ITEM_SIDE_COLUMNS = ("genres",)
 SCORE_COLUMNS = ("score",)
 TOP_K_COLUMNS = ("user_id", "rank", "movie_id", "title", "score")
 _MAX_ROWS_PER_FORWARD = 65_536  # bounds the activations of one forward pass
-
-
-class ServingInputError(CTRError):
-    """A request the recommender cannot answer (missing column, wrong type, bad k)."""
 
 
 # --------------------------------------------------------------------- input checks
@@ -143,8 +143,10 @@ class Recommender:
     Args:
         model: a trained ctr model: forward(batch of encoded fields) -> logits (B, 1).
         preprocessor: the run's encoders plus user and item tables (titles included).
-        train_items: the TRAINING interactions (columns user_id, movie_id, raw ids):
-            the items top-K skips when exclude_seen is true.
+        train_items: the TRAINING interactions (columns user_id, movie_id, raw ids), each
+            user's in time order (as `adapter.train_interactions` gives them): the items
+            top-K skips when exclude_seen is true, and, for a model with a `history`
+            field, each known user's history (the most recent ones).
         num_threads: torch threads of a forward pass (set for the pass only); None
             keeps torch's setting. One thread is the default: a request's batch is
             small, and on a shared machine two threads contending for cores made a
@@ -185,6 +187,8 @@ class Recommender:
         self.seen[user_rows[known], item_rows[known]] = True
         # one extra all-false row for users the table does not know
         self.seen = np.concatenate([self.seen, np.zeros((1, len(self.item_ids)), bool)])
+        # (U + 1, L) each known user's latest training items, or None without a history field
+        self.user_history = bundled_histories(model, pre, self.train_items, user_rows, known)
         # the catalogue tiled for a chunk of top-K users, built once
         self.catalogue = CatalogueScorer(self.item_features, chunk_rows=_MAX_ROWS_PER_FORWARD)
 
@@ -211,6 +215,9 @@ class Recommender:
         rows = self._raw_rows(frame, with_items=True)
         encoded = self.preprocessor.encode_frame(rows)
         batch = {field: torch.from_numpy(values) for field, values in encoded.items()}
+        if self.user_history is not None:
+            user_ids = rows["user_id"].to_numpy()
+            batch["history"] = request_histories(self, frame, user_ids)
         scores = self._probabilities(batch, len(rows))
         return pd.DataFrame({"score": scores.astype(np.float64)})
 
@@ -232,6 +239,8 @@ class Recommender:
             raise ServingInputError(f"expected column 'k' to be >= 1, got {ks[i]} in row {i}")
         exclude = _bool_column(frame, "exclude_seen", default=True)
         users = self._user_batch(frame, user_ids)  # field -> (R,)
+        if self.user_history is not None:
+            users["history"] = request_histories(self, frame, user_ids)  # (R, L)
         table_rows = self.preprocessor.user_rows(user_ids)  # (R,), -1 unknown -> the empty row
 
         num_items = len(self.item_ids)

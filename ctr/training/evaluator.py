@@ -15,6 +15,7 @@ from ctr.data.dataset import Batch, EvalSplit
 from ctr.training.metrics import (
     _exclusion_mask,
     _full_metrics,
+    _later_metrics,
     _pooled_metrics,
     _ranking_metrics,
     _sampled_metrics,
@@ -123,6 +124,7 @@ class RankingEvaluator:
         name, ranks = self.split.name, np.zeros(1, dtype=np.int64)
         names = [
             *_ranking_metrics(name, ranks, self.ks),
+            *_later_metrics(name, ranks, None if self.split.strictly_later is None else [True]),
             *_pooled_metrics(name, np.array([1.0, 0.0]), np.array([0.5, 0.5])),
         ]
         if self._wants_full(full_ranking):

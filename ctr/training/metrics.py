@@ -147,6 +147,32 @@ def _ranking_metrics(prefix: str, ranks: np.ndarray, ks: Sequence[int]) -> dict[
     return out
 
 
+def _later_metrics(prefix: str, ranks: np.ndarray, later: np.ndarray | None) -> dict[str, float]:
+    """HR@10 and NDCG@10 of the users whose held-out interaction is strictly later than
+    their previous one (`{prefix}_later_*`); none when `later` is None (no timestamps).
+
+    Within one second the protocol orders interactions by item id, an artificial
+    order that a model reading the history could exploit; these users have none.
+    NaN when no user qualifies.
+    """
+    if later is None:
+        return {}
+    later = np.asarray(later, dtype=bool)
+    if later.shape != ranks.shape:
+        raise ValueError(
+            f"expected one strictly_later flag per user, shape {ranks.shape}, got {later.shape}"
+        )
+    if not later.any():
+        return {
+            f"{prefix}_later_hr_at_10": float("nan"),
+            f"{prefix}_later_ndcg_at_10": float("nan"),
+        }
+    return {
+        f"{prefix}_later_hr_at_10": compute_hr_at_k(ranks[later], 10),
+        f"{prefix}_later_ndcg_at_10": compute_ndcg_at_k(ranks[later], 10),
+    }
+
+
 def _exclusion_mask(split: EvalSplit) -> torch.Tensor:
     """(U, I) bool, True where an item is skipped in the user's full ranking."""
     U, n_items = split.num_users, len(split.item_ids)
@@ -234,6 +260,7 @@ def _sampled_metrics(split: EvalSplit, logits: torch.Tensor, ks: Sequence[int]) 
         raise ValueError(f"{split.name}: the model produced NaN logits (did training diverge?)")
     ranks = rank_of_positive(logits, positive_col=0).cpu().numpy()
     metrics = _ranking_metrics(split.name, ranks, ks)
+    metrics.update(_later_metrics(split.name, ranks, split.strictly_later))
     probs = torch.sigmoid(logits.double()).reshape(-1).cpu().numpy()  # (U * C,)
     metrics.update(_pooled_metrics(split.name, split.candidates.labels.numpy(), probs))
     return metrics

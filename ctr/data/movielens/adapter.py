@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctr.config import DataConfig, FeatureConfig
+from ctr.config import DataConfig, FeatureConfig, HistoryConfig
 from ctr.data.dataset import EvalSplit
+from ctr.data.history import history_matrix, strictly_later
 from ctr.data.movielens.preprocessor import (
     USER_COLUMNS,
     MovieLensPreprocessor,
@@ -88,10 +89,12 @@ class LeaveOneOutAdapter:
         data_dir: str | Path,
         data_config: DataConfig,
         feature_config: FeatureConfig | None = None,
+        history_config: HistoryConfig | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_config = data_config
         self.feature_config = feature_config if feature_config is not None else FeatureConfig()
+        self.history_config = history_config if history_config is not None else HistoryConfig()
         self.field_order = field_order_for(self.user_columns)
         unknown = sorted(set(self.feature_config.field_embedding_dims) - set(self.field_order))
         if unknown:
@@ -142,6 +145,20 @@ class LeaveOneOutAdapter:
                     combiner="mean",
                 )
             )
+        if self.history_config.enabled:
+            movie = next(f for f in fields if f.name == "movie_id")
+            fields.append(
+                FieldSchema(
+                    "history",
+                    FeatureType.SEQUENCE,
+                    movie.vocabulary_size,
+                    movie.embedding_dim,
+                    group="history",
+                    max_length=self.history_config.length,
+                    combiner="mean",
+                    shares="movie_id",
+                )
+            )
         return DatasetSchema(tuple(fields))
 
     def build(self) -> tuple[DatasetSchema, NegativeSamplingTrainSet, EvalSplit, EvalSplit]:
@@ -160,6 +177,10 @@ class LeaveOneOutAdapter:
                 f"user table, got {list(pre.user_columns)}"
             )
         enc = EncodedRatings.from_preprocessor(pre, ratings, self.field_order)
+        enc.later = strictly_later(enc.user_rows, ratings["timestamp"].to_numpy())
+        if self.history_config.enabled:
+            codes = enc.item_features["movie_id"].numpy()[enc.item_rows]  # (R,) encoded movie ids
+            enc.history = history_matrix(enc.user_rows, codes, self.history_config.length)
         train_ds = build_train_set(enc, is_train, self.data_config.num_negatives)
         self.topped_up_users = {}
         val_ds = self._eval_split("val", enc, split == "val")

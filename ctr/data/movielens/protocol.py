@@ -75,6 +75,11 @@ class EncodedRatings:
     item_features: dict[str, torch.Tensor]  # field -> (I,) or (I, L)
     known_mask: InteractionMask  # (U, I) bool, bit-packed: rated in any split
     field_order: tuple[str, ...]  # every field, user- and item-side, in the schema's order
+    # (R, L) each rating's behaviour history (ctr.data.history.history_matrix), or None:
+    # the `history` field of the training positives and of each evaluation user
+    history: np.ndarray | None = None
+    # (R,) bool, the rating is strictly later than its user's previous one (None: no timestamps)
+    later: np.ndarray | None = None
 
     @classmethod
     def from_preprocessor(
@@ -166,9 +171,12 @@ def build_train_set(
     """
     is_train = enc.check_selection(is_train, "is_train")
     user_rows, item_rows = enc.user_rows[is_train], enc.item_rows[is_train]  # (N,), (N,)
-    positives = TabularDataset(
-        enc.gather(user_rows, item_rows), np.ones(int(is_train.sum()), np.float32)
-    )
+    columns = enc.gather(user_rows, item_rows)
+    context = ()
+    if enc.history is not None:  # a positive sees its user's earlier training items
+        columns["history"] = torch.from_numpy(enc.history[is_train])
+        context = ("history",)
+    positives = TabularDataset(columns, np.ones(int(is_train.sum()), np.float32))
     by_user = pd.Series(user_rows).groupby(user_rows, sort=False)
     recency_rank = by_user.cumcount(ascending=False).to_numpy()  # 0 = user's last
     return NegativeSamplingTrainSet(
@@ -181,6 +189,7 @@ def build_train_set(
         num_negatives,
         item_ids=enc.item_ids,
         recency_rank=recency_rank,
+        context_fields=context,
     )
 
 
@@ -219,9 +228,15 @@ def build_eval_split(
     num_candidates = 1 + num_negatives
     labels = np.zeros(cand.size, dtype=np.float32)
     labels[::num_candidates] = 1.0
-    candidates = TabularDataset(
-        enc.gather(np.repeat(split_users, num_candidates), cand.reshape(-1)), labels
-    )
+    columns = enc.gather(np.repeat(split_users, num_candidates), cand.reshape(-1))
+    user_features = {
+        f: t.index_select(0, torch.from_numpy(split_users)) for f, t in enc.user_features.items()
+    }
+    if enc.history is not None:  # every candidate of a user carries its held-out rating's history
+        history = torch.from_numpy(enc.history[in_split][order])  # (U, L)
+        user_features["history"] = history
+        columns["history"] = history.repeat_interleave(num_candidates, dim=0)  # (U * C, L)
+    candidates = TabularDataset(columns, labels)
 
     # full ranking skips the user's other known interactions (any split)
     num_users = len(split_users)
@@ -237,18 +252,18 @@ def build_eval_split(
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     indptr[1:] = np.cumsum(np.bincount(owners, minlength=num_users))
 
-    users_t = torch.from_numpy(split_users)
     split = EvalSplit(
         name=name,
         candidates=candidates,
         num_candidates=num_candidates,
         user_ids=enc.user_ids[split_users],
         candidate_items=enc.item_ids[cand],
-        user_features={f: t.index_select(0, users_t) for f, t in enc.user_features.items()},
+        user_features=user_features,
         item_features=dict(enc.item_features),
         item_ids=enc.item_ids.copy(),
         positive_item_index=positive.astype(np.int64),
         exclude_indptr=indptr,
         exclude_items=items.astype(np.int64),
+        strictly_later=None if enc.later is None else enc.later[in_split][order],
     )
     return split, dict(zip(ids, pools, strict=True))
