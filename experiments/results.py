@@ -31,6 +31,8 @@ COLUMNS = [
     ("test_hr_at_10", "HR@10", 3),
     ("test_ndcg_at_10", "NDCG@10", 4),
     ("test_full_ndcg_at_10", "full NDCG@10", 4),
+    ("test_later_hr_at_10", "HR@10 later", 3),
+    ("test_later_ndcg_at_10", "NDCG@10 later", 4),
     ("test_auc", "AUC", 4),
     ("best_val_ndcg_at_10", "val NDCG@10", 4),
 ]
@@ -217,7 +219,9 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(
         f"Mean ± std over {n} seeds ({', '.join(map(str, results['seeds']))}); test metrics "
         "at the best validation epoch; 1 + 999 sampled candidates per user, full NDCG@10 "
-        "ranks against every unseen item. s/epoch is training time only (evaluation excluded)."
+        'ranks against every unseen item. "later": the users whose test item is strictly '
+        "later than their validation item (not tied to the second). s/epoch is training "
+        "time only (evaluation excluded)."
     )
     if results.get("sweeps"):  # the configs were chosen by sweeps: say how, and which
         from experiments.results_sweeps import sweep_note
@@ -276,8 +280,20 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
+def config_rows(config_dir: str | Path = "configs") -> list[str]:
+    """Rows other than the registered models' own: each configs/<row>_movielens.yaml
+    whose row is not a model name (e.g. deepfm_history, DeepFM reading the history)."""
+    from ctr.data import resolve_data_dir
+    from ctr.models import list_models
+
+    suffix = "_movielens.yaml"
+    files = sorted(Path(resolve_data_dir(config_dir)).glob(f"*{suffix}"))
+    return [f.name[: -len(suffix)] for f in files if f.name[: -len(suffix)] not in list_models()]
+
+
 def parse_models(models: str | Sequence[str] = "all") -> list[str]:
-    """'all' (every registered model) or comma-separated names, checked against the registry."""
+    """'all' (every registered model) or comma-separated rows: model names, or the name
+    of another config in configs/ (<row>_movielens.yaml, e.g. deepfm_history)."""
     from ctr.models import list_models
 
     if isinstance(models, str):
@@ -285,10 +301,11 @@ def parse_models(models: str | Sequence[str] = "all") -> list[str]:
     else:
         names = list(models)
     names = [n for n in names if n]
-    known = ", ".join(list_models())
+    rows = config_rows()
+    known = ", ".join([*list_models(), *rows])
     if not names:
         raise ResultsError(f"--models: expected one or more model names, got none; known: {known}")
-    unknown = sorted(set(names) - set(list_models()))
+    unknown = sorted(set(names) - set(list_models()) - set(rows))
     if unknown:
         raise ResultsError(f"--models: unknown models {unknown}; known: {known}")
     return names

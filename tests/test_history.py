@@ -178,3 +178,15 @@ def test_the_later_metrics_score_only_the_strictly_later_users(built):
     later = test_ds.strictly_later
     assert metrics["test_later_ndcg_at_10"] == compute_ndcg_at_k(ranks[later], 10)
     assert metrics["test_ndcg_at_10"] == compute_ndcg_at_k(ranks, 10)
+
+
+def test_results_rows_include_the_history_configs():
+    from experiments.results import ResultsError, config_rows, parse_models
+
+    rows = config_rows()
+    assert "deepfm" not in rows  # a model's own config is its model's row
+    for row in rows:
+        assert (ROOT / "configs" / f"{row}_movielens.yaml").is_file()
+    assert parse_models(",".join(["fm", *rows])) == ["fm", *rows]
+    with pytest.raises(ResultsError, match="unknown models"):
+        parse_models("deepfm_histroy")
