@@ -89,7 +89,8 @@ def check_tuning_seed(seed: int) -> None:
 def _work(spec: SweepSpec, worker: int, target: int, deadline: float | None) -> int:
     """Run trials until the study holds `target` trials or `deadline` passes; return how
     many this process ran. Trial errors that are bad input (CTRError: a diverged loss)
-    fail the trial and the sweep goes on; anything else fails it and is raised."""
+    fail the trial and the sweep goes on; anything else fails it and is raised, and
+    so does a tracking server that failed (the next trial would fail the same way)."""
     import optuna
     from mlflow import MlflowClient
     from optuna.trial import TrialState
@@ -97,6 +98,7 @@ def _work(spec: SweepSpec, worker: int, target: int, deadline: float | None) -> 
     from experiments.store import prepare_tracking_store
     from experiments.sweep_runs import record_best
     from experiments.sweep_trial import run_trial
+    from experiments.tracking_errors import TrackingFailedError
     from experiments.train import check_tracking_server
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials log their own lines
@@ -111,9 +113,12 @@ def _work(spec: SweepSpec, worker: int, target: int, deadline: float | None) -> 
             trial = study.ask()
         ran += 1
         try:
-            value = run_trial(spec, trial, client)
+            value = run_trial(spec, trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
+        except TrackingFailedError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         except CTRError as exc:
             logger.warning("trial %d failed: %s", trial.number, exc)
             study.tell(trial, state=TrialState.FAIL)
@@ -216,6 +221,7 @@ def run_sweep(
     from experiments.search_space import load_search_space
     from experiments.store import prepare_tracking_store, retry_when_locked
     from experiments.sweep_runs import record_summary
+    from experiments.tracking_errors import TrackingFailedError
     from experiments.train import check_tracking_server, load_training_config
 
     name = name or model
@@ -276,20 +282,54 @@ def run_sweep(
             f"sweep {name}: {model}, trials {before} -> {target}, {jobs} at a time; "
             f"parent run {parent} in experiment {experiment_name}; Optuna storage {storage}"
         )
-        status = "FAILED"
+        status, tracking_broke = "FAILED", False
         try:
             _run_workers(spec, target, deadline)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except TrackingFailedError:
+            tracking_broke = True
+            raise
         finally:
-            try:
-                record_summary(client, parent, study, space)
-            except Exception as exc:  # never hide the sweep's own error behind this one
-                logger.warning("could not record the sweep's summary on run %s: %s", parent, exc)
-            client.set_terminated(parent, status)
+            if tracking_broke:
+                _end_after_tracking_failed(client, parent, uri)
+            else:
+                try:
+                    record_summary(client, parent, study, space)
+                except Exception as exc:  # never hide the sweep's own error behind this one
+                    logger.warning(
+                        "could not record the sweep's summary on run %s: %s", parent, exc
+                    )
+                client.set_terminated(parent, status)
     return _result(study, spec, experiment_name, finished_count(study) - before)
+
+
+def _end_after_tracking_failed(client: MlflowClient, parent: str, uri: str) -> None:
+    """End the parent run FAILED after a trial's tracking failed: one short request, none
+    to a server that no longer answers, and no summary (MLflow's minutes of retries per
+    request would only delay the trial's error; continuing the sweep records it)."""
+    from experiments.tracking_errors import (
+        REQUEST_TIMEOUT_ENV,
+        RETRIES_ENV,
+        env_vars,
+        is_server_uri,
+        server_answers,
+    )
+
+    if is_server_uri(uri) and not server_answers(uri):
+        logger.warning(
+            "the tracking server %s does not answer: the sweep's parent run %s stays RUNNING",
+            uri,
+            parent,
+        )
+        return
+    with env_vars(**{RETRIES_ENV: "1", REQUEST_TIMEOUT_ENV: "5"}):
+        try:
+            client.set_terminated(parent, "FAILED")
+        except Exception as exc:  # never hide the trial's error behind this one
+            logger.warning("could not mark the sweep's parent run %s FAILED: %s", parent, exc)
 
 
 def _run_workers(spec: SweepSpec, target: int, deadline: float | None) -> None:

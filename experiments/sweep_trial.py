@@ -1,34 +1,36 @@
 """One trial of a sweep: a tracked training run nested under the sweep's parent run.
 
-    value = run_trial(spec, trial, client)  # the best validation monitor value
+    value = run_trial(spec, trial)  # the best validation monitor value
 
-What differs from `experiments.train.run_training`:
+The trial trains through `experiments.train.run_training`, the code of `ctr
+train` (bounded tracking retries, the run ended FAILED / KILLED with its error),
+with the options a trial needs:
 
 - the run is a child of the parent run (`mlflow.parentRunId`) with the sweep's
-  tags (experiments.sweep_runs);
+  tags (experiments.sweep_runs), recorded on the Optuna trial when it starts;
 - the test split is not built into the trainer: a trial is never scored on
   test, so the run has no test_* metric and the choice cannot lean on test;
 - `OptunaPruning`, a trainer callback, reports the monitor every epoch and
   raises `optuna.TrialPruned` when the median pruner says stop. The trainer
-  hands the error to its callbacks' `on_exception` and re-raises it; here it
-  ends the run FINISHED with `sweep_state=pruned` (a pruned trial is a
-  decision, not a failure) and tells Optuna PRUNED. Only complete trials log
-  their model (MLflowCallback logs it in on_train_end, which a pruned trial
-  never reaches).
+  hands the error to its callbacks' `on_exception` and re-raises it;
+  `TrialHooks` ends the run FINISHED with `sweep_state=pruned` (a pruned trial
+  is a decision, not a failure) and the sweep tells Optuna PRUNED. Only complete
+  trials log their model (MLflowCallback logs it in on_train_end, which a pruned
+  trial never reaches).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import shlex
 from typing import TYPE_CHECKING, Any
 
-from ctr.training.callbacks import Callback
+from ctr.training.callbacks import Callback, TrainingContext
 from ctr.utils import get_logger
 from experiments.sweep_runs import TAG_ROLE, TAG_STATE, TAG_SWEEP, TAG_TRIAL
+from experiments.train import RunEnd, RunHooks
 
 if TYPE_CHECKING:
     import optuna
-    from mlflow import MlflowClient
 
     from experiments.sweep import SweepSpec
 
@@ -36,13 +38,18 @@ logger = get_logger("experiments.sweep")
 
 
 class OptunaPruning(Callback):
-    """Reports `monitor` to the Optuna trial after every epoch (step = epoch) and raises
-    optuna.TrialPruned when the study's pruner says the trial is not worth finishing."""
+    """Reports `monitor` (default: the config's training.monitor) to the Optuna trial
+    after every epoch (step = epoch) and raises optuna.TrialPruned when the study's
+    pruner says the trial is not worth finishing. Keeps the trainer's summary."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str | None = None) -> None:
         self.trial = trial
         self.monitor = monitor
         self.pruned_epoch: int | None = None
+        self.summary: dict[str, Any] | None = None  # once training ends
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.monitor = self.monitor or context.config.training.monitor
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         import optuna
@@ -56,6 +63,33 @@ class OptunaPruning(Callback):
                 f"{value:.4f} is worse than the median of the earlier trials at that epoch"
             )
 
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+
+
+class TrialHooks(RunHooks):
+    """A trial's part in its run: the run id goes on the Optuna trial (so a sweep killed
+    mid-trial can end the run later), and sweep_state says how the trial ended."""
+
+    def __init__(self, trial: optuna.Trial, pruning: OptunaPruning) -> None:
+        self.trial = trial
+        self.pruning = pruning
+        self.run_id: str | None = None
+
+    def started(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def ending(self, exc: BaseException | None, status: str) -> RunEnd:
+        import optuna
+
+        if exc is None:
+            return RunEnd(status, {TAG_STATE: "complete"})
+        if isinstance(exc, optuna.TrialPruned):
+            epoch = str(self.pruning.pruned_epoch)
+            return RunEnd("FINISHED", {TAG_STATE: "pruned", "sweep_pruned_epoch": epoch})
+        return RunEnd(status, {TAG_STATE: "failed"})
+
 
 def trial_overrides(spec: SweepSpec, values: dict[str, Any]) -> list[str]:
     """The trial's config overrides: one torch thread per process when trials run in
@@ -65,91 +99,74 @@ def trial_overrides(spec: SweepSpec, values: dict[str, Any]) -> list[str]:
     return [*threads, *spec.overrides, *spec.space.overrides(values), f"seed={spec.seed}"]
 
 
-def run_trial(spec: SweepSpec, trial: optuna.Trial, client: MlflowClient) -> float:
+def run_trial(spec: SweepSpec, trial: optuna.Trial) -> float:
     """Train the trial's config as a nested MLflow run; return its best monitor value.
 
-    Raises optuna.TrialPruned (run FINISHED, tagged pruned), or the training error
-    (run FAILED, or KILLED on Ctrl-C / SIGTERM; tagged failed).
+    Raises optuna.TrialPruned (run FINISHED, tagged pruned), TrackingFailedError (the
+    tracking server failed; the message says how to continue the sweep), or the
+    training error (run FAILED, or KILLED on Ctrl-C / SIGTERM; tagged failed).
     """
-    import mlflow
     import optuna
-    from mlflow.entities import RunTag
 
-    from ctr.training.run import build_data, build_trainer
-    from experiments.store import retry_when_locked
-    from experiments.tracking import MLflowCallback
-    from experiments.train import (
-        _mark_failed,
-        _no_artifact_progress_bars,
-        default_extra_model_loggers,
-        load_training_config,
-        sigterm_as_interrupt,
-    )
+    from experiments.tracking_errors import TrackingFailedError
+    from experiments.train import run_training
 
     values = spec.space.suggest(trial)
-    config = load_training_config(spec.config_path, trial_overrides(spec, values), spec.model)
-    run = retry_when_locked(
-        mlflow.start_run,
-        experiment_id=spec.experiment_id,
-        run_name=f"{spec.name}-trial-{trial.number}",
-        parent_run_id=spec.parent_run_id,
-        tags={
-            TAG_SWEEP: spec.name,
-            TAG_ROLE: "trial",
-            TAG_TRIAL: str(trial.number),
-            TAG_STATE: "running",
-        },
-    )
-    run_id = run.info.run_id
-    trial.set_user_attr("mlflow_run_id", run_id)
-
-    def state(value: str) -> None:
-        client.set_tag(run_id, TAG_STATE, value)
-
-    callback = MLflowCallback(
-        run_id, client=client, extra_model_loggers=default_extra_model_loggers()
-    )
-    pruning = OptunaPruning(trial, config.training.monitor)
-    # the test split stays out: a trial is chosen, and judged, on validation alone
-    data = build_data(config)._replace(test_ds=None)
-    checkpoint_dir = Path(config.training.checkpoint_dir) / run_id
+    pruning = OptunaPruning(trial)
+    hooks = TrialHooks(trial, pruning)
     try:
-        with sigterm_as_interrupt(), _no_artifact_progress_bars():
-            trainer, _ = build_trainer(config, [callback, pruning], checkpoint_dir, data=data)
-            summary = trainer.fit()
+        run_training(
+            spec.config_path,
+            trial_overrides(spec, values),
+            run_name=f"{spec.name}-trial-{trial.number}",
+            model=spec.model,
+            experiment_id=spec.experiment_id,
+            parent_run_id=spec.parent_run_id,
+            tags={
+                TAG_SWEEP: spec.name,
+                TAG_ROLE: "trial",
+                TAG_TRIAL: str(trial.number),
+                TAG_STATE: "running",
+            },
+            test_split=False,
+            callbacks=[pruning],
+            hooks=hooks,
+        )
     except optuna.TrialPruned:
-        client.log_batch(
-            run_id,
-            tags=[
-                RunTag(TAG_STATE, "pruned"),
-                RunTag("sweep_pruned_epoch", str(pruning.pruned_epoch)),
-            ],
-        )
-        mlflow.end_run(status="FINISHED")
         logger.info(
-            "trial %d (run %s): pruned after epoch %d", trial.number, run_id, pruning.pruned_epoch
+            "trial %d (run %s): pruned after epoch %d",
+            trial.number,
+            hooks.run_id,
+            pruning.pruned_epoch,
         )
         raise
-    except KeyboardInterrupt as exc:
-        _mark_failed(client, run_id, exc, "KILLED")
-        state("failed")
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException as exc:
-        _mark_failed(client, run_id, exc, "FAILED")
-        state("failed")
-        mlflow.end_run(status="FAILED")
-        exc.mlflow_run_id = run_id  # type: ignore[attr-defined]
-        raise
-    value = float(summary[f"best_{config.training.monitor}"])
-    state("complete")
-    mlflow.end_run(status="FINISHED")
+    except TrackingFailedError as exc:
+        # the `ctr train` that run_training offers would continue the run outside the
+        # sweep (scored on test, its Optuna trial left failed): the sweep goes on instead
+        raise TrackingFailedError(
+            f"{str(exc).splitlines()[0]}\nthe trial counts as failed; once the server "
+            f"works, continue the sweep with:\n  {continue_command(spec)}"
+        ) from exc
+    assert pruning.summary is not None  # run_training returned: training ended
+    value = float(pruning.summary[f"best_{pruning.monitor}"])
     logger.info(
         "trial %d (run %s): complete, best %s %.4f at epoch %d",
         trial.number,
-        run_id,
-        config.training.monitor,
+        hooks.run_id,
+        pruning.monitor,
         value,
-        summary["best_epoch"],
+        pruning.summary["best_epoch"],
     )
     return value
+
+
+def continue_command(spec: SweepSpec) -> str:
+    """`ctr sweep` continuing this sweep by one trial (a custom --search-dir must be
+    given again: the sweep refuses another search space)."""
+    words = ["ctr", "sweep", "--model", spec.model, "--name", spec.name, "--trials", "1"]
+    words += ["--seed", str(spec.seed), "--storage", spec.storage]
+    if spec.config_path:
+        words += ["--config", spec.config_path]
+    if spec.overrides:
+        words += ["--override", *spec.overrides]
+    return " ".join(shlex.quote(w) for w in words)

@@ -18,23 +18,27 @@ One call = one MLflow run:
 - started by `mlflow run`, it attaches to the run MLflow created (MLFLOW_RUN_ID);
   so does a run resumed into itself (tagged ctr.resumed_from, the checkpoint).
 
-`ctr train` then prints `run_summary(run_id)`: the best epoch's validation and
-test metrics, where the run is, and the commands to open, compare and promote
-it. `train_untracked` (`ctr train --no-track`) trains without MLflow and
-returns the same table with the checkpoint path.
+A sweep trial (experiments.sweep_trial) is such a run too, with keyword options:
+nested under its sweep's parent run, tagged, without the test split, with the
+Optuna pruning callback, and `RunHooks` that record the run on the trial and
+end a pruned trial FINISHED.
+
+`ctr train` then prints `run_summary(run_id)` (experiments.train_summary): the
+best epoch's validation and test metrics, where the run is, and the commands to
+open, compare and promote it. `train_untracked` (`ctr train --no-track`) trains
+without MLflow and returns the same table with the checkpoint path.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ctr.config import ConfigError, ExperimentConfig, load_config
 from ctr.errors import CTRError
@@ -54,9 +58,14 @@ from experiments.tracking_errors import (  # noqa: F401  (TrackingServerError: p
     tracking_failed,
     tracking_timeout,
 )
+from experiments.train_summary import (  # noqa: F401  (part of this API, as before)
+    RunLocation,
+    format_summary,
+    run_summary,
+)
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from ctr.training.callbacks import Callback
 
 logger = get_logger("experiments.train")
 
@@ -118,15 +127,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _mark_failed(client, run_id: str, exc: BaseException, status: str) -> None:
-    """Tag and annotate a run that did not finish; never raises."""
+def _mark_failed(
+    client, run_id: str, exc: BaseException, status: str, tags: Mapping[str, str] | None = None
+) -> None:
+    """Tag and annotate a run that did not finish (with `tags` besides); never raises."""
     from mlflow.entities import RunTag
 
     text = f"{type(exc).__name__}: {exc}"
     try:
         client.log_batch(
             run_id,
-            tags=[RunTag(ERROR_TAG, text[:_MAX_TAG_CHARS]), RunTag("status_reason", status)],
+            tags=[
+                *(RunTag(k, v) for k, v in (tags or {}).items()),
+                RunTag(ERROR_TAG, text[:_MAX_TAG_CHARS]),
+                RunTag("status_reason", status),
+            ],
         )
         client.log_text(
             run_id,
@@ -135,6 +150,32 @@ def _mark_failed(client, run_id: str, exc: BaseException, status: str) -> None:
         )
     except Exception as log_exc:  # the server may be the reason we failed
         logger.warning("could not record the failure on run %s: %s", run_id, log_exc)
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a tracked run ends: its status and the tags recorded as it ends."""
+
+    status: str  # FINISHED, FAILED or KILLED
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class RunHooks:
+    """What a caller of `run_training` adds at its run's start and end; by default nothing.
+
+    A sweep trial (experiments.sweep_trial) records its run on the Optuna trial
+    when it starts, tags it with how it ended, and ends a pruned trial FINISHED.
+    """
+
+    def started(self, run_id: str) -> None:
+        """The run exists; no data has been read yet."""
+
+    def ending(self, exc: BaseException | None, status: str) -> RunEnd:
+        """How the run ends, given what training raised (None when it finished) and
+        the status run_training would give it: FINISHED, FAILED, or KILLED after
+        Ctrl-C / SIGTERM. A run that raised and ends FINISHED gets no error tag; the
+        error is raised either way. Called while the run ends: make no requests."""
+        return RunEnd(status)
 
 
 def load_training_config(
@@ -166,18 +207,38 @@ def run_training(
     *,
     model: str | None = None,
     extra_model_loggers: Sequence[ExtraModelLogger] | None = None,
+    experiment_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    test_split: bool = True,
+    callbacks: Sequence[Callback] = (),
+    hooks: RunHooks | None = None,
 ) -> str:
     """Train one model as one MLflow run and return the run id.
 
+    Args:
+        config_path, overrides, model: the config (see `load_training_config`).
+        experiment_name, run_name: where the run goes and its name.
+        extra_model_loggers: models logged beside the PyTorch model
+            (default: `default_extra_model_loggers()`).
+        experiment_id: the experiment by id, instead of `experiment_name`.
+        parent_run_id: nest the run under this run (`mlflow.parentRunId`).
+        tags: tags the run starts with.
+        test_split: False leaves the test split out of training: no test_* metric
+            (a sweep trial is chosen, and judged, on validation alone).
+        callbacks: trainer callbacks after the MLflow callback (e.g. OptunaPruning).
+        hooks: the caller's part in the run's start and end (`RunHooks`).
+
     Raises ConfigError (no run created), TrackingServerError (no run created),
     TrackingFailedError when tracking fails mid-run (its message says how to resume),
-    or whatever training raised (the run is marked FAILED / KILLED first).
+    or whatever training raised (the run is ended as `hooks.ending` says first:
+    by default FAILED, or KILLED on Ctrl-C / SIGTERM).
     """
     import mlflow
     from mlflow import MlflowClient
 
-    from ctr.training import fit
-
+    hooks = hooks or RunHooks()
+    tags = dict(tags) if tags else None  # what mlflow.start_run takes
     attached_run_id = os.environ.get("MLFLOW_RUN_ID") or None
     try:
         config = load_training_config(config_path, overrides, model)
@@ -192,14 +253,20 @@ def run_training(
 
     with bounded_http_retries(timeout):
         if attached_run_id:
-            run = retry_when_locked(mlflow.start_run, run_id=attached_run_id)
+            run = retry_when_locked(mlflow.start_run, run_id=attached_run_id, tags=tags)
         else:
+            if experiment_id is None:
+                experiment = retry_when_locked(mlflow.set_experiment, experiment_name)
+                experiment_id = experiment.experiment_id
             # Pass the id on: when two processes create the experiment at once, MLflow's
             # set_experiment returns it to the loser without making it active, and a bare
             # start_run would then log into the Default experiment.
-            experiment = retry_when_locked(mlflow.set_experiment, experiment_name)
             run = retry_when_locked(
-                mlflow.start_run, run_name=run_name, experiment_id=experiment.experiment_id
+                mlflow.start_run,
+                run_name=run_name,
+                experiment_id=experiment_id,
+                parent_run_id=parent_run_id,
+                tags=tags,
             )
         run_id = run.info.run_id
         client = MlflowClient()
@@ -216,21 +283,26 @@ def run_training(
             config.model_name,
         )
         try:
+            hooks.started(run_id)
             mark_resumed(client, run_id, config)
             with sigterm_as_interrupt(), _no_artifact_progress_bars():
-                fit(config, callbacks=[callback], checkpoint_dir=checkpoint_dir)
+                _fit(config, [callback, *callbacks], checkpoint_dir, test_split)
             if callback.history:  # what tracking added to the epochs (per-epoch hooks only)
                 per_epoch = sum(callback.epoch_overhead_seconds) / len(callback.history)
                 client.log_metric(run_id, "tracking_seconds_per_epoch", per_epoch)
                 client.log_metric(
                     run_id, "tracking_overhead_fraction", callback.overhead_fraction()
                 )
-            mlflow.end_run(status="FINISHED")
+            end = hooks.ending(None, "FINISHED")
+            if end.tags:
+                _log_tags(client, run_id, end.tags)
+            mlflow.end_run(status=end.status)
         except KeyboardInterrupt as exc:
-            _end_unfinished(client, run_id, exc, "KILLED", uri)
+            _end_unfinished(client, run_id, exc, hooks.ending(exc, "KILLED"), uri)
             raise
         except BaseException as exc:
-            marked = _end_unfinished(client, run_id, exc, "FAILED", uri)
+            end = hooks.ending(exc, "FAILED")
+            marked = _end_unfinished(client, run_id, exc, end, uri)
             if is_tracking_error(exc):
                 resume = resume_command(run_id, checkpoint_dir, config_path, model, overrides)
                 raise tracking_failed(
@@ -248,25 +320,49 @@ def run_training(
     return run_id
 
 
-def _end_unfinished(client, run_id: str, exc: BaseException, status: str, uri: str) -> bool:
-    """Record why the run did not finish and end it with `status`; return whether the
+def _fit(
+    config: ExperimentConfig, callbacks: list[Callback], checkpoint_dir: Path, test_split: bool
+) -> None:
+    """`ctr.training.fit`, optionally without the test split."""
+    from ctr.training.run import build_data, build_trainer
+
+    data = build_data(config)
+    if not test_split:
+        data = data._replace(test_ds=None)
+    trainer, _ = build_trainer(config, callbacks, checkpoint_dir, data=data)
+    trainer.fit()
+
+
+def _end_unfinished(client, run_id: str, exc: BaseException, end: RunEnd, uri: str) -> bool:
+    """Record why the run did not finish and end it as `end` says; return whether the
     server took the status. Never raises: after a tracking error each request is one
     quick attempt, and none is made to a server that no longer answers."""
     import mlflow
 
     with recording_after(exc, uri) as worth_trying:
-        if worth_trying:
-            _mark_failed(client, run_id, exc, status)
+        if worth_trying and end.status != "FINISHED":
+            _mark_failed(client, run_id, exc, end.status, end.tags)
+        elif worth_trying and end.tags:
+            try:
+                _log_tags(client, run_id, end.tags)
+            except Exception as log_exc:
+                logger.warning("could not tag run %s: %s", run_id, log_exc)
         try:
             if mlflow.active_run() is not None:
-                mlflow.end_run(status=status)  # leaves the run even when the request fails
+                mlflow.end_run(status=end.status)  # leaves the run even when the request fails
             elif worth_trying:  # ending it FINISHED failed: the run was left already
-                client.set_terminated(run_id, status)
+                client.set_terminated(run_id, end.status)
             return worth_trying
         except Exception as end_exc:
             if worth_trying:  # else the server is known to be gone: the error says so
-                logger.warning("could not mark run %s %s: %s", run_id, status, end_exc)
+                logger.warning("could not mark run %s %s: %s", run_id, end.status, end_exc)
             return False
+
+
+def _log_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def train_untracked(
@@ -285,113 +381,4 @@ def train_untracked(
         epochs_run=int(summary["epochs_run"]),
         stopped_early=bool(summary["stopped_early"]),
         checkpoint=summary["best_checkpoint"],
-    )
-
-
-# ---------------------------------------------------------------- the summary
-# the summary table's columns: (title, metric name after the val_ / test_ prefix)
-SUMMARY_COLUMNS = (
-    ("HR@10", "hr_at_10"),
-    ("NDCG@10", "ndcg_at_10"),
-    ("full NDCG@10", "full_ndcg_at_10"),
-    ("AUC", "auc"),
-)
-
-
-@dataclass(frozen=True)
-class RunLocation:
-    """Where a tracked run is: enough to open it in the UI or name it to ctr commands."""
-
-    tracking_uri: str
-    experiment_id: str
-    experiment_name: str
-    run_id: str
-
-    def ui_url(self) -> str | None:
-        """The run's page in the MLflow UI, when the tracking URI is an http(s) server."""
-        if not is_server_uri(self.tracking_uri):
-            return None
-        base = self.tracking_uri.rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-
-
-def format_summary(
-    metrics: Mapping[str, Any],
-    *,
-    model: str,
-    monitor: str,
-    best_epoch: int,
-    epochs_run: int,
-    stopped_early: bool = False,
-    run: RunLocation | None = None,
-    checkpoint: str | Path | None = None,
-) -> str:
-    """What `ctr train` prints at the end: the best epoch's validation and test
-    metrics as a table, where the run is, and the commands to look at it next.
-
-    `metrics` holds best_val_* and test_* values (a run's MLflow metrics or the
-    trainer's summary); a missing one shows as '-'. Without `run` (an untracked
-    run) the checkpoint path and `ctr evaluate` are given instead.
-    """
-    stop = " (stopped early)" if stopped_early else ""
-    lines = [f"{model}: best epoch {best_epoch} of {epochs_run}{stop}, chosen on {monitor}", ""]
-    widths = [max(len(title), 6) for title, _ in SUMMARY_COLUMNS]
-    header = "  ".join(f"{t:>{w}}" for (t, _), w in zip(SUMMARY_COLUMNS, widths, strict=True))
-    lines.append(f"{'':<10}  {header}")
-    for label, prefix in (("validation", "best_val_"), ("test", "test_")):
-        cells = []
-        for (_, name), width in zip(SUMMARY_COLUMNS, widths, strict=True):
-            value = metrics.get(prefix + name)
-            cells.append(f"{'-' if value is None else f'{float(value):.4f}':>{width}}")
-        lines.append(f"{label:<10}  {'  '.join(cells)}")
-    lines.append("")
-    if run is None:
-        lines.append(f"not tracked; best checkpoint: {checkpoint}")
-        lines += ["", "next:", f"  ctr evaluate --checkpoint {shlex.quote(str(checkpoint))}"]
-        return "\n".join(lines)
-
-    experiment = shlex.quote(run.experiment_name)
-    lines.append(f"run {run.run_id} in experiment {run.experiment_name}")
-    lines.append(f"tracking URI: {run.tracking_uri}")
-    url = run.ui_url()
-    if url:
-        lines.append(f"in the UI: {url}")
-    if checkpoint:
-        lines.append(f"best checkpoint: {checkpoint}")
-    lines += ["", "next:"]
-    if url is None:
-        lines.append(
-            f"  mlflow ui --backend-store-uri {shlex.quote(run.tracking_uri)}"
-            f"  # the UI, then open http://127.0.0.1:5000"
-        )
-    lines.append(f"  ctr compare --experiment {experiment}  # this run beside the others")
-    lines.append(f"  ctr promote --experiment {experiment}  # register the best run's model")
-    return "\n".join(lines)
-
-
-def run_summary(run_id: str, client: MlflowClient | None = None) -> str:
-    """The summary of a finished tracked run, read back from MLflow (so it shows
-    what the run recorded)."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    client = client or MlflowClient()
-    run = client.get_run(run_id)
-    experiment = client.get_experiment(run.info.experiment_id)
-    tags = run.data.tags
-    checkpoint_dir = tags.get("checkpoint_dir")
-    return format_summary(
-        run.data.metrics,
-        model=tags.get("model", run.data.params.get("model", "?")),
-        monitor=run.data.params.get("training.monitor", "the validation metric"),
-        best_epoch=int(tags.get("best_epoch", 0)),
-        epochs_run=int(tags.get("epochs_run", 0)),
-        stopped_early=tags.get("stopped_early") == "true",
-        run=RunLocation(
-            tracking_uri=mlflow.get_tracking_uri(),
-            experiment_id=experiment.experiment_id,
-            experiment_name=experiment.name,
-            run_id=run_id,
-        ),
-        checkpoint=Path(checkpoint_dir) / "best.pt" if checkpoint_dir else None,
     )

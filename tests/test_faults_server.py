@@ -13,7 +13,7 @@ killer would: nothing is stopped cleanly. A restart is `ctr server` on the same
   the command that resumes it; run with the server back, that command finishes
   the same MLflow run with the test metrics of an uninterrupted run;
 - the artifact store broken mid-run: the run ends FAILED in MLflow with a clear
-  error, its local checkpoints intact.
+  error, its local checkpoints intact (in a sweep trial: tests/test_faults_sweep.py).
 
 Tiny budgets: logistic regression, 4 epochs of 512-row batches (1-3 s each:
 long enough for the server to die while one trains), one torch thread, no full
@@ -142,13 +142,16 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 
 class Training:
-    """`ctr train` in a child process, its stdout and stderr in files."""
+    """`ctr train` (or another ctr `command`) in a child process, its stdout and stderr
+    in files."""
 
-    def __init__(self, tmp: Path, name: str, args: list[str], uri: str, **env: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str, args: list[str], uri: str, command: str = "train", **env: str
+    ) -> None:
         self.stdout, self.stderr = tmp / f"{name}.out", tmp / f"{name}.err"
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             self.proc = subprocess.Popen(
-                [str(VENV_BIN / "ctr"), "train", *args],
+                [str(VENV_BIN / "ctr"), command, *args],
                 stdout=out,
                 stderr=err,
                 env=subprocess_env(uri, **env),
@@ -157,7 +160,8 @@ class Training:
 
     def run_id(self) -> str:
         def found() -> str | None:
-            match = re.search(r"run ([0-9a-f]{32}) \(experiment", self.stdout.read_text())
+            text = self.stdout.read_text() + self.stderr.read_text()
+            match = re.search(r"run ([0-9a-f]{32}) \(experiment", text)
             assert match or self.proc.poll() is None, self.output()
             return match.group(1) if match else None
 
