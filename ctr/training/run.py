@@ -22,6 +22,7 @@ from ctr.data.dataset import EvalSplit
 from ctr.data.schema import DatasetSchema
 from ctr.errors import CTRError
 from ctr.models import create_model
+from ctr.training import distributed
 from ctr.training.callbacks import Callback
 from ctr.training.device import resolve_device
 from ctr.training.evaluator import RankingEvaluator
@@ -104,9 +105,16 @@ def fit(
     callbacks: list[Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Build the data and model for `config`, train, and return the best model."""
-    trainer, adapter = build_trainer(config, callbacks, checkpoint_dir)
-    summary = trainer.fit()
+    """Build the data and model for `config`, train, and return the best model.
+
+    Under torchrun every rank calls this: it joins the job's process group for
+    the training (ctr.training.distributed), and every rank returns rank 0's
+    summary; the other ranks' `model` holds the last epoch's weights.
+    """
+    device = resolve_device(config.training.device)
+    with distributed.process_group(device):
+        trainer, adapter = build_trainer(config, callbacks, checkpoint_dir)
+        summary = trainer.fit()
     return TrainResult(
         model=trainer.model,
         schema=trainer.schema,

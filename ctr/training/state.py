@@ -91,9 +91,12 @@ def restore_trainer_state(trainer: Trainer, path: str | Path) -> None:
     trainer.best_epoch = state["best_epoch"]
     trainer.bad_epochs = state["bad_epochs"]
     trainer.history = list(state["history"])
-    # keep the best epoch's weights reachable from this run's directory
+    # keep the best epoch's weights reachable from this run's directory (rank 0 alone
+    # writes checkpoints; under torchrun every rank loads the same file above)
     source_best = Path(path).parent / "best.pt"
     target_best = trainer.checkpoint_dir / "best.pt"
-    if source_best.is_file() and source_best.resolve() != target_best.resolve():
+    copy = trainer.is_main and source_best.is_file()
+    if copy and source_best.resolve() != target_best.resolve():
         save_checkpoint(load_checkpoint(source_best, "cpu"), target_best)
-    logger.info("resumed from %s at epoch %d", path, trainer.epoch)
+    if trainer.is_main:
+        logger.info("resumed from %s at epoch %d", path, trainer.epoch)

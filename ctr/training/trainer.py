@@ -4,7 +4,7 @@ The model owns no infrastructure; everything that is not the forward pass lives
 here. One epoch:
 
     rows = train_ds.sample_epoch(epoch, seed)        # positives + fresh negatives
-    for batch in rows (permuted, batch_size):        # bce; bpr / softmax group rows per positive
+    for batch in rows (permuted, batch_size):        # ctr.training.batches
         loss = criterion(model(batch)) + l2 * model.get_l2_reg_loss()
         step (with optional gradient clipping)
     metrics = val evaluator (sampled; full ranking once at the end, or each epoch if asked)
@@ -20,6 +20,11 @@ training interactions (`NegativeSamplingTrainSet.recency_weights`).
 
 Randomness is derived from (seed, epoch) at the start of every epoch, so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would.
+
+Under torchrun (inside ctr.training.distributed.process_group, which `fit` opens)
+each rank trains its part of every batch of the same epoch rows, the gradients
+are averaged by DistributedDataParallel, and rank 0 alone evaluates, calls the
+callbacks and writes checkpoints; ctr.training.distributed says how.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from torch.optim.swa_utils import AveragedModel
 from ctr.config import ConfigError, ExperimentConfig
 from ctr.data.schema import DatasetSchema
 from ctr.errors import TrainingDivergedError
+from ctr.training import distributed
+from ctr.training.batches import grouped_batches, row_batches
 from ctr.training.callbacks import Callback, TrainingContext
 from ctr.training.device import resolve_device
 from ctr.training.evaluator import RankingEvaluator
+from ctr.training.optim import build_optimizer, build_scheduler, ema_update
 from ctr.training.progress import _Progress
 from ctr.training.state import new_checkpoint_dir, restore_trainer_state, trainer_state
 from ctr.utils import get_logger, load_checkpoint, save_checkpoint
@@ -48,50 +56,6 @@ logger = get_logger("ctr.trainer")
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
-
-
-def _ema_update(decay: float):
-    """AveragedModel update: w_ema <- d * w_ema + (1 - d) * w, d = min(decay, (1+n)/(10+n)).
-
-    n counts the updates so far. The warm-up term keeps early averages from being
-    dominated by the random initial weights (as TensorFlow's moving average does).
-    """
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        if not averaged[0].is_floating_point():  # integer buffers (index tables, counters)
-            torch._foreach_copy_(averaged, current)
-            return
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-
-    return update
-
-
-def _build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    # fused kernels exist for CPU and CUDA tensors; elsewhere (mps) torch's default
-    fused = cfg.fused_optimizer and all(p.device.type in ("cpu", "cuda") for p in params)
-    kwargs = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, **kwargs)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    return torch.optim.SGD(
-        params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-
-
-def _build_scheduler(optimizer: torch.optim.Optimizer, cfg):
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.num_epochs)
-    if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=cfg.monitor_mode, factor=cfg.gamma, patience=max(1, cfg.step_size // 5)
-        )
-    return None
 
 
 class Trainer:
@@ -134,17 +98,21 @@ class Trainer:
         self.train_interactions = train_interactions
         if self.cfg.num_threads is not None:
             torch.set_num_threads(self.cfg.num_threads)
-        self.device = resolve_device(self.cfg.device)
+        self.device = distributed.local_device(resolve_device(self.cfg.device))
         self.model = model.to(self.device)
-        self.optimizer = _build_optimizer(self.model, self.cfg)
+        # under torchrun: the DistributedDataParallel wrapper the training steps call
+        self.ddp_model = distributed.wrap_model(self.model, self.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0  # evaluates, calls the callbacks, writes checkpoints
+        self.optimizer = build_optimizer(self.model, self.cfg)
         self.ema: AveragedModel | None = None
         if self.cfg.ema_decay is not None:
             self.ema = AveragedModel(
                 self.model,
-                multi_avg_fn=_ema_update(self.cfg.ema_decay),
+                multi_avg_fn=ema_update(self.cfg.ema_decay),
                 use_buffers=True,
             )
-        self.scheduler = _build_scheduler(self.optimizer, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg)
         # (N,) loss weight of each training positive and (N * (1 + K),) of each epoch row
         # (a negative weighs what its positive does); None trains unweighted
         self.positive_weights: torch.Tensor | None = None
@@ -189,8 +157,13 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ steps
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """What the training steps call: the DDP wrapper under torchrun, else the model."""
+        return self.model if self.ddp_model is None else self.ddp_model
+
     def _loss_bce(self, batch, labels, weights=None) -> torch.Tensor:
-        logits = self.model(batch).squeeze(-1)  # (B,)
+        logits = self.train_model(batch).squeeze(-1)  # (B,)
         if weights is None:
             return F.binary_cross_entropy_with_logits(logits, labels)
         per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -200,22 +173,29 @@ class Trainer:
         cfg = self.cfg
         rows = self.train_ds.sample_epoch(epoch, self.config.seed)
         generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
-        torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1)  # dropout
+        # dropout; each rank masks its own rows with its own stream (rank 0: a single process's)
+        torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1 + self.rank)
         # the epoch's rows go to the device once; batches are gathered there, by indices
         # that are there too, so the loop below makes no host copies and no host syncs
         rows = rows.to(self.device)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         if cfg.loss == "bce":
-            batches = self._row_batches(rows, generator)
+            batches = row_batches(rows, generator, cfg.batch_size, self.row_weights, self.device)
         else:
-            batches = self._grouped_batches(rows, generator)
-        progress = _Progress(len(rows), epoch, cfg.num_epochs) if _Progress.enabled() else None
-        for batch, labels, weights in batches:
+            batches = grouped_batches(
+                self.train_ds, rows, generator, cfg.batch_size, self.positive_weights, self.device
+            )
+        show = self.is_main and _Progress.enabled()
+        progress = _Progress(len(rows), epoch, cfg.num_epochs) if show else None
+        for batch, labels, weights, scale in batches:
+            distributed.fault_point()  # CTR_DIST_FAULT, for tests
             if cfg.loss == "bce":
                 loss = self._loss_bce(batch, labels, weights)
             else:
                 loss = self._loss_grouped(batch, cfg.loss, weights)
+            if scale != 1.0:  # this rank's share of the global batch (distributed.shard)
+                loss = loss * scale
             if cfg.l2_embedding > 0:
                 loss = loss + cfg.l2_embedding * self.model.get_l2_reg_loss()
             self.optimizer.zero_grad(set_to_none=True)
@@ -228,10 +208,11 @@ class Trainer:
             total += loss.detach()
             count += 1
             if progress is not None:
-                progress.update(labels.shape[0], total, count)
+                progress.update(labels.shape[0] * self.world_size, total, count)
         if progress is not None:
             progress.close()
-        mean_loss = float(total) / max(count, 1)
+        # every rank ran as many batches; the ranks' mean is the global batches' mean loss
+        mean_loss = float(distributed.mean_over_ranks(total)) / max(count, 1)
         if not math.isfinite(mean_loss):
             raise TrainingDivergedError(
                 f"training loss became {mean_loss} in epoch {epoch}; lower "
@@ -239,41 +220,13 @@ class Trainer:
             )
         return mean_loss
 
-    def _row_batches(self, rows, generator):
-        """Shuffled batches of rows, (features, labels, weights (B,) or None)."""
-        for index in rows.shuffled_batch_indices(
-            self.cfg.batch_size, generator, device=self.device
-        ):
-            batch, labels = rows.take(index)
-            yield batch, labels, None if self.row_weights is None else self.row_weights[index]
-
-    def _grouped_batches(self, rows, generator):
-        """Batches of whole groups: b positives followed by their b*K negatives.
-
-        Yields (features, labels, weights (b,) of the groups or None).
-        """
-        n = self.train_ds.num_positives
-        k = self.train_ds.num_negatives
-        per_batch = max(1, self.cfg.batch_size // (1 + k))
-        order = torch.randperm(n, generator=generator)
-        # every group's rows (n, 1 + K): positive, its negatives; moved once, sliced per batch
-        all_groups = self.train_ds.group_rows(order).to(self.device)
-        order = order.to(self.device)
-        for start in range(0, n, per_batch):
-            pos = order[start : start + per_batch]  # (b,)
-            groups = all_groups[start : start + per_batch]  # (b, 1 + K)
-            # the b positives first, then their negatives group by group (as _loss_grouped reads)
-            batch, labels = rows.take(torch.cat([groups[:, 0], groups[:, 1:].reshape(-1)]))
-            weights = None if self.positive_weights is None else self.positive_weights[pos]
-            yield batch, labels, weights
-
     def _loss_grouped(self, batch, loss: str, weights=None) -> torch.Tensor:
         """bpr: mean of -log sigmoid(pos - neg_j); softmax: -log softmax over [pos, negs].
 
         With weights (b,), the mean over groups is weighted.
         """
         k = self.train_ds.num_negatives
-        logits = self.model(batch).squeeze(-1)  # (b + b*K,)
+        logits = self.train_model(batch).squeeze(-1)  # (b + b*K,)
         b = logits.shape[0] // (1 + k)
         pos, neg = logits[:b], logits[b:].view(b, k)  # (b,), (b, K)
         if loss == "bpr":
@@ -296,6 +249,8 @@ class Trainer:
         restore_trainer_state(self, path)
 
     def _notify(self, hook: str, *args) -> None:
+        if not self.is_main:  # one rank reports: callbacks log and track
+            return
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
 
@@ -328,7 +283,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 metrics: dict[str, float] = {"train_loss": train_loss, "lr": lr}
                 t1 = time.perf_counter()
-                if self.val_evaluator is not None:
+                if self.val_evaluator is not None and self.is_main:  # the others wait below
                     metrics.update(
                         self.val_evaluator.evaluate(
                             self.eval_model, full_ranking=self.full_ranking_each_epoch
@@ -336,6 +291,8 @@ class Trainer:
                     )
                 metrics["epoch_seconds"] = train_seconds
                 metrics["eval_seconds"] = time.perf_counter() - t1
+                # every rank keeps rank 0's metrics: the same best epoch, scheduler steps
+                metrics = distributed.broadcast_object(metrics)
                 self.epoch = epoch
                 self.history.append({"epoch": epoch, **metrics})
                 value = self.sign * metrics[self.monitor]
@@ -348,43 +305,58 @@ class Trainer:
                     self.scheduler.step(metrics[self.monitor])
                 elif self.scheduler is not None:
                     self.scheduler.step()
-                logger.info(
-                    "epoch %d/%d train_loss %.4f %s %.4f val_auc %.4f%s (%.1fs + eval %.1fs)",
-                    epoch,
-                    cfg.num_epochs,
-                    train_loss,
-                    self.monitor,
-                    metrics[self.monitor],
-                    metrics.get("val_auc", float("nan")),
-                    " *" if improved else "",
-                    train_seconds,
-                    metrics["eval_seconds"],
+                stop = bool(cfg.early_stopping_patience) and (
+                    self.bad_epochs >= cfg.early_stopping_patience
                 )
-                self._notify("on_epoch_end", epoch, metrics)
-                state = trainer_state(self)
-                last = save_checkpoint(state, self.checkpoint_dir / "last.pt")
-                self._notify("on_checkpoint", epoch, last, False)
-                if improved:
-                    best = save_checkpoint(state, self.checkpoint_dir / "best.pt")
-                    self._notify("on_checkpoint", epoch, best, True)
-                if cfg.early_stopping_patience and self.bad_epochs >= cfg.early_stopping_patience:
-                    logger.info(
-                        "early stopping after epoch %d: %s has not improved for %d epochs "
-                        "(best %.4f at epoch %d)",
-                        epoch,
-                        self.monitor,
-                        self.bad_epochs,
-                        self.sign * self.best_value,
-                        self.best_epoch,
-                    )
+                if self.is_main:
+                    self._report_epoch(epoch, metrics, improved, stop)
+                if distributed.broadcast_object(stop):  # rank 0's decision, on every rank
                     stopped_early = True
                     break
-            summary = self._finish(stopped_early)
+            summary = self._finish(stopped_early) if self.is_main else None
+            summary = distributed.broadcast_object(summary)  # the others wait for rank 0's
         except BaseException as exc:
-            self._notify("on_exception", exc)
-            raise
+            failure = distributed.peer_failure(exc)  # another rank died: name it
+            self._notify("on_exception", exc if failure is None else failure)
+            if failure is None:
+                raise
+            raise failure from exc
         self._notify("on_train_end", summary)
         return summary
+
+    def _report_epoch(
+        self, epoch: int, metrics: dict[str, float], improved: bool, stop: bool
+    ) -> None:
+        """Log the epoch, tell the callbacks, write last.pt (and best.pt): rank 0's work."""
+        logger.info(
+            "epoch %d/%d train_loss %.4f %s %.4f val_auc %.4f%s (%.1fs + eval %.1fs)",
+            epoch,
+            self.cfg.num_epochs,
+            metrics["train_loss"],
+            self.monitor,
+            metrics[self.monitor],
+            metrics.get("val_auc", float("nan")),
+            " *" if improved else "",
+            metrics["epoch_seconds"],
+            metrics["eval_seconds"],
+        )
+        self._notify("on_epoch_end", epoch, metrics)
+        state = trainer_state(self)
+        last = save_checkpoint(state, self.checkpoint_dir / "last.pt")
+        self._notify("on_checkpoint", epoch, last, False)
+        if improved:
+            best = save_checkpoint(state, self.checkpoint_dir / "best.pt")
+            self._notify("on_checkpoint", epoch, best, True)
+        if stop:
+            logger.info(
+                "early stopping after epoch %d: %s has not improved for %d epochs "
+                "(best %.4f at epoch %d)",
+                epoch,
+                self.monitor,
+                self.bad_epochs,
+                self.sign * self.best_value,
+                self.best_epoch,
+            )
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
         best_path = self.checkpoint_dir / "best.pt"
