@@ -8,12 +8,13 @@ directory under /tmp unless given; the system user postgres must be able to
 enter it when run as root), fills the experiment `store-bench` with synthetic
 finished runs until it has --runs of them, then times, best of --repeats:
 
-  command     `ctr compare --experiment store-bench` (every run, and --top 10)
-              and `ctr promote --experiment store-bench --dry-run` as
-              subprocesses: what a user waits for, Python's start and imports
-              included
-  in-process  compare_runs + render, and promote_best_run(dry_run=True), in
-              this process with its imports done: the store queries alone
+  command     `ctr compare --experiment store-bench` (its default: the best 20
+              runs; --all: every run; --top 10) and `ctr promote --experiment
+              store-bench --dry-run` as subprocesses: what a user waits for,
+              Python's start and imports included
+  in-process  compare_runs + render (every run, and top=10), and
+              promote_best_run(dry_run=True), in this process with its imports
+              done: the store queries alone
 
 Columns: wall seconds; CPU seconds of the caller (the command, or this
 process); CPU seconds of the server (ctr server, MLflow's uvicorn, the
@@ -276,7 +277,11 @@ def time_all(server: Server, repeats: int) -> dict[str, Timing]:
     promote = ["promote", "--experiment", EXPERIMENT, "--dry-run"]
     print(run_ctr(promote, server.uri).strip().splitlines()[0])
     calls = {
-        "ctr compare (command, all rows)": (lambda: run_ctr(compare, server.uri), True),
+        "ctr compare (command, the best 20)": (lambda: run_ctr(compare, server.uri), True),
+        "ctr compare --all (command, all rows)": (
+            lambda: run_ctr([*compare, "--all"], server.uri),
+            True,
+        ),
         "ctr compare --top 10 (command)": (
             lambda: run_ctr([*compare, "--top", "10"], server.uri),
             True,

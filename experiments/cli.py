@@ -18,6 +18,7 @@ import shlex
 
 import click
 
+from experiments.cli_compare import compare
 from experiments.cli_data import data
 from experiments.cli_options import override_options, run_selection_options, user_errors
 from experiments.cli_server import server
@@ -130,67 +131,6 @@ def train(
         )
         summary = run_summary(run_id)
     click.echo(summary)
-
-
-# -------------------------------------------------------------------- compare
-@main.command()
-@run_selection_options(
-    metric_help="Sort by this metric.",
-    filter_help="MLflow run filter, e.g. \"params.model = 'deepfm'\".",
-)
-@click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the best N.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "--plot", type=click.Path(dir_okay=False), default=None, help="PNG of the per-epoch curves."
-)
-@click.option("--diff-only", is_flag=True, help="Show only the params that differ between runs.")
-@click.option(
-    "--group-by",
-    multiple=True,
-    metavar="PARAM",
-    help="Fold runs by a param (e.g. params.model): mean ± std and the run count.",
-)
-@click.option("--all-metrics", is_flag=True, help="Every val/test metric (csv/json: always).")
-@sweep_name_option
-def compare(
-    runs: dict[str, str | None],
-    top: int | None,
-    fmt: str,
-    plot: str | None,
-    diff_only: bool,
-    group_by: tuple[str, ...],
-    all_metrics: bool,
-    sweep_name: str | None,
-) -> None:
-    """Compare the finished runs of an experiment (or a sweep's trials), best first."""
-    with user_errors():
-        from experiments.cli_sweep import compare_sweep_runs
-        from experiments.compare import compare_runs, plot_metric_curves, render
-
-        cmp = (
-            compare_sweep_runs(sweep_name, runs, top)
-            if sweep_name
-            else compare_runs(
-                **runs,
-                top=top,
-                diff_only=diff_only,
-                group_by=group_by,
-                all_metrics=all_metrics or fmt != "table",
-            )
-        )
-        click.echo(render(cmp, fmt))
-        notes_to_stderr = fmt != "table"
-        if plot:
-            path = plot_metric_curves(cmp, plot)
-            click.echo(f"plot: {path}", err=notes_to_stderr)
-        if cmp.ui_url:
-            click.echo(f"compare in the MLflow UI: {cmp.ui_url}", err=notes_to_stderr)
 
 
 # -------------------------------------------------------------------- promote
@@ -379,6 +319,7 @@ def results(
         click.echo(f"\nwrote {output} and the results table in {readme}")
 
 
+main.add_command(compare)  # `ctr compare`, defined in experiments/cli_compare.py
 main.add_command(server)  # `ctr server`, defined in experiments/cli_server.py
 main.add_command(data)  # `ctr data download`, defined in experiments/cli_data.py
 main.add_command(sweep)  # `ctr sweep`, defined in experiments/cli_sweep.py

@@ -8,6 +8,11 @@ Val metrics are those of each run's best epoch (`best_val_*`, logged at the
 end of a run); test metrics are the best epoch's model on the test split.
 `group_by=["params.model"]` folds runs that differ only in seed into one row
 with mean, std and the run count.
+
+With `top`, only the best runs are fetched (the store sorts them; see
+experiments.runs.top_runs), one more than shown, so that `Comparison.more`
+says whether others rank below: every run's record of a 1,000-run experiment
+takes seconds to send.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Comparison:
     # per group row: the run ids folded into it (empty without group_by)
     groups: list[list[str]] = field(default_factory=list)
     title: str | None = None  # the table's first line (default: experiment and sort order)
+    more: bool = False  # the rows stop at `top`, and more runs (or groups) rank below
 
 
 def _run_metrics(run: Run, names: Sequence[str]) -> dict[str, float | None]:
@@ -129,12 +135,13 @@ def compare_runs(
     all_metrics: bool = False,
     client: MlflowClient | None = None,
 ) -> Comparison:
-    """Rows of the finished runs of `experiment`, best first by `metric`."""
+    """Rows of the finished runs of `experiment`, best first by `metric` (with `top`,
+    the best `top` rows: runs, or groups with `group_by`)."""
     client = get_client(client)
-    # without groups only the `top` rows are shown: fetch just those runs
-    exp, runs = ranked_runs(
-        client, experiment, metric, filter_string, top=None if group_by else top
-    )
+    # without groups only the `top` rows are shown: fetch just those runs, and one more
+    # to know whether others rank below them
+    fetch = None if group_by or top is None else top + 1
+    exp, runs = ranked_runs(client, experiment, metric, filter_string, top=fetch)
     metric_names = ALL_METRICS if all_metrics else TABLE_METRICS
     group_keys = [param_name(g) for g in group_by]
     if group_keys:
@@ -146,8 +153,8 @@ def compare_runs(
             )
         cmp = _grouped(exp, runs, metric, metric_names, group_keys, top)
     else:
-        if top is not None:
-            runs = runs[:top]
+        more = top is not None and len(runs) > top
+        runs = runs[:top]
         shown = differing_params(runs) if diff_only else list(KEY_PARAMS)
         shown = [k for k in shown if k != "model"]
         # a sort metric outside the standard columns (e.g. train_loss) gets its own
@@ -174,6 +181,7 @@ def compare_runs(
             rows=rows,
             run_ids=[r.info.run_id for r in runs],
             runs=list(runs),
+            more=more,
         )
     cmp.ui_url = compare_url(_tracking_uri(client), exp.experiment_id, cmp.run_ids)
     return cmp
@@ -206,8 +214,8 @@ def _grouped(exp, runs, metric, metric_names, group_keys, top) -> Comparison:
         rows.append(row)
     sign = 1.0 if lower_is_better(metric) else -1.0
     rows.sort(key=lambda r: sign * r[f"{metric}_mean"])
-    if top is not None:
-        rows = rows[:top]
+    more = top is not None and len(rows) > top
+    rows = rows[:top]
     group_members = [row.pop("run_ids") for row in rows]
     run_ids = [rid for ids in group_members for rid in ids]
     by_id = {r.info.run_id: r for r in runs}
@@ -221,6 +229,7 @@ def _grouped(exp, runs, metric, metric_names, group_keys, top) -> Comparison:
         group_by=list(group_keys),
         runs=[by_id[i] for i in run_ids],
         groups=group_members,
+        more=more,
     )
 
 

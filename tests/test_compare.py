@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from experiments.cli import main
+from experiments.cli_compare import COMPARE_LIMIT
 from experiments.compare import LAUNCHER_PARAMS, compare_url, differing_params, param_name
 from tests.conftest import ROOT, TrainedExperiment, tracking_env
 
@@ -166,3 +167,69 @@ def test_unknown_experiment_metric_or_filter_is_a_clear_error(exp):
     assert "no-such-experiment" in missing.output and exp.name in missing.output
     bad_filter = invoke(exp, "--filter", "params.model ==== 'x'")
     assert bad_filter.exit_code == 1 and "invalid --filter" in bad_filter.output
+
+
+# ------------------------------------------- many runs: the default limit and --all
+MANY = COMPARE_LIMIT + 3  # runs in the experiment below: more than compare lists by default
+
+
+@pytest.fixture(scope="module")
+def many_runs(tmp_path_factory) -> tuple[str, dict[str, float]]:
+    """An experiment of MANY finished runs on a real SQLite store (logged directly: no
+    training behind them), each with its own seed and best_val_ndcg_at_10."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('many') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("many")
+    values = {}
+    for i in range(MANY):
+        run = client.create_run(experiment_id, start_time=i, run_name=f"run-{i}")
+        value = 0.01 * ((i * 7) % MANY)  # distinct, not in start order
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("best_val_ndcg_at_10", value, i, 1)],
+            params=[Param("model", "lr"), Param("seed", str(i))],
+            tags=[RunTag("model", "lr")],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=i + 1)
+        values[run.info.run_id] = value
+    return uri, values
+
+
+def _compare_many(uri: str, *args: str):
+    with tracking_env(uri):
+        return CliRunner().invoke(main, ["compare", "--experiment", "many", *args])
+
+
+def test_compare_lists_the_best_runs_by_default_and_says_there_are_more(many_runs):
+    uri, values = many_runs
+    best_first = sorted(values, key=values.get, reverse=True)
+    table = _compare_many(uri)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert [line.split()[0] for line in lines[3 : 3 + COMPARE_LIMIT + 1]] == [
+        *best_first[:COMPARE_LIMIT],
+        "(the",  # the note follows the last row
+    ]
+    assert f"the best {COMPARE_LIMIT} runs" in table.stdout and "--all" in table.stdout
+    rows = json.loads(_compare_many(uri, "--format", "json").stdout)  # the note: on stderr
+    assert [r["run_id"] for r in rows] == best_first[:COMPARE_LIMIT]
+    grouped = json.loads(_compare_many(uri, "--group-by", "seed", "--format", "json").stdout)
+    assert len(grouped) == COMPARE_LIMIT  # one group per seed, the best first
+
+
+def test_compare_all_lists_every_run_and_top_any_number(many_runs):
+    uri, values = many_runs
+    best_first = sorted(values, key=values.get, reverse=True)
+    every = _compare_many(uri, "--all", "--format", "json")
+    assert every.exit_code == 0 and "--all" not in every.stderr
+    assert [r["run_id"] for r in json.loads(every.stdout)] == best_first
+    table = _compare_many(uri, "--all")
+    assert sum(rid in table.stdout for rid in values) == MANY and "(the best" not in table.stdout
+    top = _compare_many(uri, "--top", "3")
+    assert [line.split()[0] for line in top.stdout.splitlines()[3:6]] == best_first[:3]
+    assert "(the best" not in top.stdout  # asked for 3: no note
+    both = _compare_many(uri, "--top", "3", "--all")
+    assert both.exit_code == 2 and "--top N or --all" in both.output
