@@ -213,8 +213,12 @@ def run_training(
     test_split: bool = True,
     callbacks: Sequence[Callback] = (),
     hooks: RunHooks | None = None,
-) -> str:
+) -> str | None:
     """Train one model as one MLflow run and return the run id.
+
+    Under torchrun every rank calls this and rank 0 alone creates and logs the
+    run (tagged ctr.world_size); the other ranks train their part, track
+    nothing and return None.
 
     Args:
         config_path, overrides, model: the config (see `load_training_config`).
@@ -237,18 +241,27 @@ def run_training(
     import mlflow
     from mlflow import MlflowClient
 
+    from ctr.training import distributed
+    from experiments.launch import record_run_id
+
     hooks = hooks or RunHooks()
     tags = dict(tags) if tags else None  # what mlflow.start_run takes
+    if distributed.launched_by_torchrun():
+        tags = {**(tags or {}), "ctr.world_size": os.environ["WORLD_SIZE"]}
     attached_run_id = os.environ.get("MLFLOW_RUN_ID") or None
     try:
         config = load_training_config(config_path, overrides, model)
         timeout = tracking_timeout()
     except CTRError as exc:
-        if attached_run_id:  # `mlflow run` created the run already: close it honestly
+        # `mlflow run` created the run already: close it honestly (rank 0's job)
+        if attached_run_id and distributed.launched_rank() == 0:
             client = MlflowClient()
             _mark_failed(client, attached_run_id, exc, "FAILED")
             client.set_terminated(attached_run_id, "FAILED")
         raise
+    if distributed.launched_rank() != 0:  # torchrun's other ranks: train, track nothing
+        _fit(config, [], None, test_split)
+        return None
     uri = prepare_tracking_store(check_tracking_server())  # several processes may start at once
 
     with bounded_http_retries(timeout):
@@ -269,6 +282,7 @@ def run_training(
                 tags=tags,
             )
         run_id = run.info.run_id
+        record_run_id(run_id)  # for `ctr train --nproc`, which ends it if rank 0 cannot
         client = MlflowClient()
         loggers = (
             default_extra_model_loggers() if extra_model_loggers is None else extra_model_loggers
@@ -321,16 +335,23 @@ def run_training(
 
 
 def _fit(
-    config: ExperimentConfig, callbacks: list[Callback], checkpoint_dir: Path, test_split: bool
+    config: ExperimentConfig,
+    callbacks: list[Callback],
+    checkpoint_dir: Path | None,
+    test_split: bool,
 ) -> None:
-    """`ctr.training.fit`, optionally without the test split."""
+    """`ctr.training.fit` (one rank of the job under torchrun, as there), optionally
+    without the test split."""
+    from ctr.training import distributed
+    from ctr.training.device import resolve_device
     from ctr.training.run import build_data, build_trainer
 
-    data = build_data(config)
-    if not test_split:
-        data = data._replace(test_ds=None)
-    trainer, _ = build_trainer(config, callbacks, checkpoint_dir, data=data)
-    trainer.fit()
+    with distributed.process_group(resolve_device(config.training.device)):
+        data = build_data(config)
+        if not test_split:
+            data = data._replace(test_ds=None)
+        trainer, _ = build_trainer(config, callbacks, checkpoint_dir, data=data)
+        trainer.fit()
 
 
 def _end_unfinished(client, run_id: str, exc: BaseException, end: RunEnd, uri: str) -> bool:
@@ -368,11 +389,14 @@ def _log_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
 def train_untracked(
     config_path: str | Path | None, overrides: Sequence[str] = (), *, model: str | None = None
 ) -> str:
-    """Train without MLflow (`ctr train --no-track`); return the summary to print."""
-    from ctr.training import fit
+    """Train without MLflow (`ctr train --no-track`); return the summary to print
+    (under torchrun, rank 0 alone prints it: "" elsewhere)."""
+    from ctr.training import distributed, fit
 
     config = load_training_config(config_path, overrides, model)
     summary = fit(config).summary
+    if distributed.launched_rank() != 0:
+        return ""
     return format_summary(
         summary,
         model=config.model_name,
