@@ -87,6 +87,12 @@ def _shorthand_overrides(epochs: str, batch_size: str, learning_rate: str, seed:
     show_default=True,
     help="Track the run in MLflow (--no-track: train, print the summary and checkpoint).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train as N processes under torchrun on this machine (data parallel; rank 0 tracks).",
+)
 def train(
     config_path: str,
     model: str,
@@ -99,12 +105,14 @@ def train(
     experiment_name: str,
     run_name: str | None,
     track: bool,
+    nproc: int | None,
 ) -> None:
     """Train one model as one tracked MLflow run.
 
     \b
     ctr train --config configs/deepfm_movielens.yaml --override training.num_epochs=2
     ctr train --model xdeepfm --override training.num_epochs=2 training.batch_size=512
+    ctr train --model deepfm --nproc 2   # 2 processes under torchrun, one run
 
     Tracks into $MLFLOW_TRACKING_URI, or ./mlflow.db when it is unset. Started by
     `mlflow run`, it logs into the run MLflow created.
@@ -117,10 +125,21 @@ def train(
         *_shorthand_overrides(epochs, batch_size, learning_rate, seed),
     ]
     with user_errors():
+        if nproc is not None:
+            from experiments.launch import launch_training, train_arguments
+
+            args = train_arguments(
+                config_path, model, all_overrides, experiment_name, run_name, track
+            )
+            root = click.get_current_context().find_root()
+            launch_training(nproc, args, debug=bool(root.params.get("debug")))
+            return
         from experiments.train import run_summary, run_training, train_untracked
 
         if not track:
-            click.echo(train_untracked(config_path or None, all_overrides, model=model or None))
+            text = train_untracked(config_path or None, all_overrides, model=model or None)
+            if text:  # "" on torchrun's other ranks: rank 0 prints the summary
+                click.echo(text)
             return
         run_id = run_training(
             config_path or None,
@@ -129,6 +148,8 @@ def train(
             run_name=run_name,
             model=model or None,
         )
+        if run_id is None:  # torchrun's other ranks: rank 0 prints the summary
+            return
         summary = run_summary(run_id)
     click.echo(summary)
 

@@ -74,6 +74,33 @@ def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
     ]
 
 
+def train_arguments(
+    config_path: str,
+    model: str,
+    overrides: Sequence[str],
+    experiment_name: str,
+    run_name: str | None,
+    track: bool,
+) -> list[str]:
+    """The `ctr train` arguments each rank gets: what the user asked for, less --nproc.
+
+    The overrides arrive merged (--override, --overrides and the shorthands).
+    """
+    args = ["--config", config_path] if config_path else []
+    args += ["--model", model] if model else []
+    args += ["--experiment-name", experiment_name]
+    args += ["--run-name", run_name] if run_name else []
+    args += [] if track else ["--no-track"]
+    return args + (["--override", *overrides] if overrides else [])
+
+
+def record_run_id(run_id: str) -> None:
+    """Rank 0: leave the run id where `launch_training` looks for it (if it launched us)."""
+    path = os.environ.get(RUN_ID_FILE_ENV)
+    if path:
+        Path(path).write_text(run_id)
+
+
 def loopback_env() -> dict[str, str]:
     """GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME set to the loopback interface, where unset
     (gloo would otherwise listen on whatever address the host name resolves to)."""
@@ -112,8 +139,10 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def launch_training(nproc: int, train_args: Sequence[str]) -> None:
+def launch_training(nproc: int, train_args: Sequence[str], *, debug: bool = False) -> None:
     """Run `ctr train <train_args>` as `nproc` ranks under torchrun and wait for it.
+
+    `debug` (ctr --debug) is passed on as CTR_DEBUG=1: the ranks show tracebacks.
 
     torchrun's output passes through. Raises DistributedLaunchError when the job
     fails (after making sure rank 0's MLflow run, if it started one, ends FAILED);
@@ -122,6 +151,8 @@ def launch_training(nproc: int, train_args: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="ctr-launch-") as scratch:
         run_id_file = Path(scratch) / "run_id"
         env = {**os.environ, **loopback_env(), RUN_ID_FILE_ENV: str(run_id_file)}
+        if debug:
+            env["CTR_DEBUG"] = "1"
         cmd = torchrun_command(nproc, train_args)
         logger.info("launching %d processes: %s", nproc, " ".join(cmd[1:]))
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)

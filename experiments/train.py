@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING
 
 from ctr.config import ConfigError, ExperimentConfig, load_config
 from ctr.errors import CTRError
+from ctr.training import distributed
 from ctr.utils import get_logger
+from experiments.launch import record_run_id
 from experiments.store import prepare_tracking_store, retry_when_locked
 from experiments.tracking import ExtraModelLogger, MLflowCallback
 from experiments.tracking_errors import (  # noqa: F401  (TrackingServerError: part of this API)
@@ -216,9 +218,8 @@ def run_training(
 ) -> str | None:
     """Train one model as one MLflow run and return the run id.
 
-    Under torchrun every rank calls this and rank 0 alone creates and logs the
-    run (tagged ctr.world_size); the other ranks train their part, track
-    nothing and return None.
+    Under torchrun rank 0 alone creates and logs the run (tagged ctr.world_size);
+    the other ranks train their part, track nothing and return None.
 
     Args:
         config_path, overrides, model: the config (see `load_training_config`).
@@ -241,9 +242,6 @@ def run_training(
     import mlflow
     from mlflow import MlflowClient
 
-    from ctr.training import distributed
-    from experiments.launch import record_run_id
-
     hooks = hooks or RunHooks()
     tags = dict(tags) if tags else None  # what mlflow.start_run takes
     if distributed.launched_by_torchrun():
@@ -253,8 +251,7 @@ def run_training(
         config = load_training_config(config_path, overrides, model)
         timeout = tracking_timeout()
     except CTRError as exc:
-        # `mlflow run` created the run already: close it honestly (rank 0's job)
-        if attached_run_id and distributed.launched_rank() == 0:
+        if attached_run_id and distributed.launched_rank() == 0:  # `mlflow run`'s: close it
             client = MlflowClient()
             _mark_failed(client, attached_run_id, exc, "FAILED")
             client.set_terminated(attached_run_id, "FAILED")
@@ -335,20 +332,15 @@ def run_training(
 
 
 def _fit(
-    config: ExperimentConfig,
-    callbacks: list[Callback],
-    checkpoint_dir: Path | None,
-    test_split: bool,
+    config: ExperimentConfig, callbacks: list[Callback], checkpoint_dir: Path | None, split: bool
 ) -> None:
-    """`ctr.training.fit` (one rank of the job under torchrun, as there), optionally
-    without the test split."""
-    from ctr.training import distributed
+    """`ctr.training.fit` (under torchrun, one rank's part), optionally without the test split."""
     from ctr.training.device import resolve_device
     from ctr.training.run import build_data, build_trainer
 
     with distributed.process_group(resolve_device(config.training.device)):
         data = build_data(config)
-        if not test_split:
+        if not split:
             data = data._replace(test_ds=None)
         trainer, _ = build_trainer(config, callbacks, checkpoint_dir, data=data)
         trainer.fit()
@@ -389,9 +381,8 @@ def _log_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
 def train_untracked(
     config_path: str | Path | None, overrides: Sequence[str] = (), *, model: str | None = None
 ) -> str:
-    """Train without MLflow (`ctr train --no-track`); return the summary to print
-    (under torchrun, rank 0 alone prints it: "" elsewhere)."""
-    from ctr.training import distributed, fit
+    """Train without MLflow (`ctr train --no-track`); the summary to print ("" off rank 0)."""
+    from ctr.training import fit
 
     config = load_training_config(config_path, overrides, model)
     summary = fit(config).summary
