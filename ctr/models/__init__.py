@@ -17,6 +17,7 @@ from ctr.models.base import MODEL_REGISTRY, BaseCTRModel, register_model
 from ctr.models.deepfm import DeepFM
 from ctr.models.fm import FM
 from ctr.models.lr import LR
+from ctr.models.sasrec import SASRec
 from ctr.models.xdeepfm import xDeepFM
 
 
@@ -41,6 +42,7 @@ __all__ = [
     "AttentionDeepFM",
     "BaseCTRModel",
     "DeepFM",
+    "SASRec",
     "create_model",
     "list_models",
     "register_model",

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ctr.config import ExperimentConfig
-from ctr.data.schema import DatasetSchema
-from ctr.models.layers import DNN, FeatureEmbedding
+from ctr.data.schema import DatasetSchema, FieldSchema
+from ctr.errors import CTRError
+from ctr.models.layers import DNN, FeatureEmbedding, HistoryPooling
 
 MODEL_REGISTRY: dict[str, type[BaseCTRModel]] = {}
 
@@ -46,16 +47,24 @@ class BaseCTRModel(nn.Module, ABC):
     `_forward_components`. Optimizer, device, checkpoints and logging belong to
     the trainer, not the model.
 
+    A behaviour-history field (a sequence field that `shares` the movie_id indices)
+    is one more field: FeatureEmbedding pools it, with the HistoryPooling that
+    config.history.pooling names, into one field embedding, which the FM, CIN,
+    attention and DNN then read like any other.
+
     Args:
         schema: the input fields.
-        config: the experiment config; the model reads config.fm.embed_dim and its
-            own sections (dnn, cin, attention).
+        config: the experiment config; the model reads config.fm.embed_dim, its own
+            sections (dnn, cin, attention) and, with a history field, config.history.
     """
 
     model_name: ClassVar[str] = ""
     # Under no_grad in eval mode on CPU, larger batches are scored in chunks of this
     # many rows (see _inference_chunk); models with wide intermediates use less.
     inference_chunk_rows: ClassVar[int] = 8192
+    # At most this many when a history pooling attends with the candidate (DIN):
+    # its scorer's (rows, L, hidden) layers run on every history item of every row.
+    history_attention_chunk_rows: ClassVar[int] = 1024
     # False for purely linear models: no second-order embeddings are built.
     uses_embeddings: ClassVar[bool] = True
     # Config sections the model reads besides data, features and training (which every
@@ -73,10 +82,43 @@ class BaseCTRModel(nn.Module, ABC):
             )
         self.schema = schema
         self.config = config
-        self.embedding = FeatureEmbedding(
-            schema, config.fm.embed_dim, second_order=self.uses_embeddings
-        )
+        self.embedding = self._build_embedding()
         self._build_components()
+
+    def _build_embedding(self) -> FeatureEmbedding:
+        """The embedding layer over self.schema; with a history field, its pooling too."""
+        pooling = {
+            f.name: self._history_pooling(f, self.config.history.pooling)
+            for f in self.schema.sequence_fields
+            if f.shares is not None and self.uses_embeddings
+        }
+        return FeatureEmbedding(
+            self.schema,
+            self.config.fm.embed_dim,
+            second_order=self.uses_embeddings,
+            sequence_pooling=pooling or None,
+        )
+
+    def _history_pooling(self, field: FieldSchema, mode: str) -> HistoryPooling:
+        """The HistoryPooling of history field `field` (items of its embedding_dim), from
+        config.history. The encoder runs at the items' own width, so that its outputs
+        stay in the item space where the candidate attends over them."""
+        cfg = self.config.history
+        if mode in ("self_attention", "last") and field.embedding_dim % cfg.num_heads:
+            raise CTRError(
+                f"history.num_heads={cfg.num_heads} must divide the history items' "
+                f"embedding size {field.embedding_dim} (field {field.name!r}, the "
+                f"embedding_dim of {field.shares!r}); choose a divisor of it"
+            )
+        return HistoryPooling(
+            mode,
+            field.embedding_dim,
+            field.max_length,
+            attention_hidden_units=cfg.attention_hidden_units,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+        )
 
     @abstractmethod
     def _build_components(self) -> None:
@@ -119,7 +161,7 @@ class BaseCTRModel(nn.Module, ABC):
         if not self.training and not torch.is_grad_enabled():
             rows = self._inference_chunk(batch)
             if rows:
-                names = self.schema.field_names
+                names = self.embedding.schema.field_names  # the fields the model reads
                 n = batch[names[0]].shape[0]
                 chunks = [{k: batch[k][i : i + rows] for k in names} for i in range(0, n, rows)]
                 return torch.cat([self._forward_batch(chunk) for chunk in chunks])
@@ -137,9 +179,13 @@ class BaseCTRModel(nn.Module, ABC):
         is about 1.5-2x faster at the 65536-row batches of evaluation.
         """
         self.embedding.validate_batch(batch)
-        n = batch[self.schema.field_names[0]].shape[0]
+        n = batch[self.embedding.schema.field_names[0]].shape[0]
         on_cpu = self.embedding.bias.device.type == "cpu"
-        return self.inference_chunk_rows if on_cpu and n > self.inference_chunk_rows else 0
+        rows = self.inference_chunk_rows
+        poolings = self.embedding.sequence_pooling.values()
+        if any(getattr(p, "attention", None) is not None for p in poolings):
+            rows = min(rows, self.history_attention_chunk_rows)
+        return rows if on_cpu and n > rows else 0
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,6 +5,13 @@ from ctr.models.layers.cin import CIN
 from ctr.models.layers.dnn import DNN, make_activation
 from ctr.models.layers.embedding import EmbeddingOutput, FeatureEmbedding
 from ctr.models.layers.fm import FMInteraction
+from ctr.models.layers.history import (
+    HistoryPooling,
+    SelfAttentionEncoder,
+    TargetAttention,
+    distinct_rows,
+    masked_mean,
+)
 
 __all__ = [
     "CIN",
@@ -12,7 +19,12 @@ __all__ = [
     "EmbeddingOutput",
     "FMInteraction",
     "FeatureEmbedding",
+    "HistoryPooling",
     "InteractingLayer",
     "MultiHeadSelfAttention",
+    "SelfAttentionEncoder",
+    "TargetAttention",
+    "distinct_rows",
     "make_activation",
+    "masked_mean",
 ]

@@ -7,6 +7,12 @@ first-order (dim 1) weight w:
 - sequence: e = pool_j E[x_j],    w = pool_j W[x_j]     x: int64 (B, L), pool = the combiner
             (nn.EmbeddingBag: index 0 is left out of the pool, all padding pools to 0)
 - dense:    e = x * v,            w = x * u             x: float (B,)
+- history:  e = pool(E[x_j], E[c]), w = mean_j W[x_j]   x: int64 (B, L), a sequence field that
+            `shares` the indices of a sparse field c (movie_id): its items are rows
+            of c's table, and `pool` (a HistoryPooling: mean, DIN target attention
+            with the row's c as the candidate, self-attention then DIN) is given
+            to the layer; without one it is the masked mean. w is the masked mean
+            of the items' first-order weights whatever the pooling
 
 first_order = b + sum_fields w. Index 0 is padding / unknown and embeds to zeros.
 Fields whose `embedding_dim` differs from `fm_embed_dim` are projected into the
@@ -33,6 +39,7 @@ import torch
 from torch import nn
 
 from ctr.data.schema import DatasetSchema, FeatureType, FieldSchema
+from ctr.models.layers.history import HistoryPooling, distinct_rows, masked_mean
 
 
 class EmbeddingOutput(NamedTuple):
@@ -103,6 +110,24 @@ def _by_dim(fields: list[FieldSchema], dim_of) -> tuple[list[FieldSchema], list[
     return ordered, slices
 
 
+def _shared_lookup(
+    f: FieldSchema,
+    sparse: list[FieldSchema],
+    slices: list[tuple[int, int]],
+    offsets: list[int],
+) -> tuple[str, int, int, int]:
+    """Where shared field f finds its items: (name, table index, the shared field's
+    column within its table's lookup group, the offset added to indices > 0)."""
+    i = [s.name for s in sparse].index(f.shares)
+    (g,) = [g for g, (a, b) in enumerate(slices) if a <= i < b]
+    if f.embedding_dim != sparse[i].embedding_dim:
+        raise ValueError(
+            f"field {f.name!r} shares the table of {f.shares!r}, so it needs its "
+            f"embedding_dim ({sparse[i].embedding_dim}), got {f.embedding_dim}"
+        )
+    return f.name, g, i - slices[g][0], offsets[i]
+
+
 class FeatureEmbedding(nn.Module):
     """Embeds every field of `schema`; see the module docstring for the formulas.
 
@@ -111,6 +136,9 @@ class FeatureEmbedding(nn.Module):
         fm_embed_dim: D, the size of the shared interaction space.
         second_order: build the second-order embeddings (False for a purely linear
             model: `field_embeddings` and `flat_embeddings` are then None).
+        sequence_pooling: for sequence fields that share another field's indices
+            (the history), field name -> the HistoryPooling of its items; a shared
+            field not named here is mean-pooled. Such a field's `combiner` is not read.
 
     Shapes:
         forward(batch) with batch[name]: sparse int64 (B,), dense float (B,),
@@ -124,7 +152,13 @@ class FeatureEmbedding(nn.Module):
         first_order, field_emb, flat_emb = emb({"user_id": ids, ...})
     """
 
-    def __init__(self, schema: DatasetSchema, fm_embed_dim: int, second_order: bool = True) -> None:
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        fm_embed_dim: int,
+        second_order: bool = True,
+        sequence_pooling: dict[str, nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         if fm_embed_dim < 1:
             raise ValueError(f"expected fm_embed_dim >= 1, got {fm_embed_dim}")
@@ -160,15 +194,32 @@ class FeatureEmbedding(nn.Module):
             self.dense_vectors.append(vectors)
 
         # Sequence fields: one EmbeddingBag each (the pooling differs per field).
-        sequence = schema.sequence_fields
+        sequence = [f for f in schema.sequence_fields if f.shares is None]
         self._sequence_names = [f.name for f in sequence]
         self.sequence_tables = nn.ModuleList(_bag(f, own_dim(f)) for f in sequence)
 
+        # Shared sequence fields (the history): rows of their sparse field's table.
+        shared = [f for f in schema.sequence_fields if f.shares is not None]
+        self._shared = [_shared_lookup(f, sparse, self._sparse_slices, offsets) for f in shared]
+        pooling = dict(sequence_pooling or {})
+        unknown = sorted(set(pooling) - {f.name for f in shared})
+        if unknown:
+            raise ValueError(
+                f"sequence_pooling names {unknown}, which are not sequence fields sharing "
+                f"another field's indices; such fields: {[f.name for f in shared]}"
+            )
+        for f in shared:
+            if pooling.get(f.name) is None:
+                pooling[f.name] = HistoryPooling("mean", f.embedding_dim, f.max_length)
+        self.sequence_pooling = nn.ModuleDict(
+            (f.name, pooling[f.name]) for f in shared if second_order
+        )
+
         self.bias = nn.Parameter(torch.zeros(1))
 
-        # The per-group outputs come in "concat order" (sparse, dense, sequence);
+        # The per-group outputs come in "concat order" (sparse, dense, sequence, shared);
         # `_to_schema_order` permutes them back.
-        concat = sparse + dense + list(sequence)
+        concat = sparse + dense + sequence + shared
         order = [schema.field_names.index(f.name) for f in concat]
         self._needs_permute = order != list(range(len(order)))
         self._concat_to_schema = [order.index(p) for p in range(len(order))]
@@ -236,6 +287,45 @@ class FeatureEmbedding(nn.Module):
                     f"got shape {tuple(t.shape)}"
                 )
 
+    def _pool_shared(
+        self,
+        batch: dict[str, torch.Tensor],
+        groups: list[torch.Tensor],
+        name: str,
+        table_index: int,
+        column: int,
+        offset: int,
+    ) -> torch.Tensor:
+        """Shared sequence field `name` (B, L) -> its (B, 1, d + 1) group: [pooled e, w].
+
+        `groups` holds the sparse lookups so far; the candidate is the row's entry of
+        the shared field there (see _shared_lookup).
+
+        The lookup, the first-order mean and the pooling's candidate-free part run
+        once per distinct history of the batch (rows of a user repeat it).
+        """
+        x = batch[name]  # (B, L)
+        distinct = distinct_rows(x)
+        histories, inverse = distinct if distinct is not None else (x, None)  # (U, L), (B,)
+        mask = histories > 0  # (U, L)
+        rows = torch.where(mask, histories + offset, 0)  # (U, L)
+        items = self.sparse_tables[table_index](rows)  # (U, L, d + 1)
+        w = masked_mean(items[:, :, -1:], mask)  # (U, 1)
+        if inverse is not None:
+            w = w.index_select(0, inverse)  # (B, 1)
+        if not self.second_order:
+            return w.unsqueeze(1)  # (B, 1, 1)
+        candidate = groups[table_index][:, column, :-1]  # (B, d): the row's own item
+        e = self.sequence_pooling[name](items[:, :, :-1], mask, candidate, inverse)  # (B, d)
+        return torch.cat([e, w], dim=1).unsqueeze(1)  # (B, 1, d + 1)
+
+    def __setstate__(self, state: dict) -> None:
+        # Embeddings pickled before sequence fields could share a sparse field's table.
+        state.setdefault("_shared", [])
+        super().__setstate__(state)
+        if "sequence_pooling" not in self._modules:
+            self.sequence_pooling = nn.ModuleDict()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> EmbeddingOutput:
         self.validate_batch(batch)
         groups: list[torch.Tensor] = []  # (B, k, d + 1) each, in concat order
@@ -257,6 +347,9 @@ class FeatureEmbedding(nn.Module):
 
         for name, bag in zip(self._sequence_names, self.sequence_tables, strict=True):
             groups.append(bag(batch[name]).unsqueeze(1))  # (B, 1, d + 1)
+
+        for lookup in self._shared:
+            groups.append(self._pool_shared(batch, groups, *lookup))  # (B, 1, d + 1)
 
         if self._uniform_width:
             full = groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)  # (B, F, d + 1)
