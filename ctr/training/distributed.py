@@ -32,6 +32,7 @@ training step (1-based, counted over the run), as a crash would.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -291,10 +292,12 @@ def peer_failure(exc: BaseException) -> RankFailedError | None:
         return None
     if not isinstance(exc, KeyboardInterrupt):
         time.sleep(0.5)  # torchrun's SIGTERM follows the reaping at once: let it land ignored
-    seen = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" if str(exc) else ""
+    # the first line of what this rank saw, without gloo's [source file:line] prefix
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().split("\n")[0])[:160]
+    seen = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return RankFailedError(
         f"distributed training stopped on rank {rank()} of {world_size()}: "
-        f"{', '.join(gone)} exited{f' ({seen})' if seen else ''}; torchrun's report gives "
+        f"{', '.join(gone)} exited ({seen}); torchrun's report gives "
         f"the exit code of the rank that failed first"
     )
 
