@@ -166,12 +166,14 @@ def _context(*overrides: str, model: str = "deepfm"):
         ("attention_deepfm", {"cin"}, {"fm", "attention", "dnn"}),
         ("fm", {"cin", "attention", "dnn"}, {"fm"}),
         ("lr", {"cin", "attention", "dnn", "fm"}, set()),
+        ("sasrec", {"cin", "attention", "dnn", "fm"}, set()),
     ],
 )
 def test_a_run_logs_only_the_config_sections_its_model_reads(model, absent, present):
     params = run_params(_context(model=model))
     sections = {key.split(".", 1)[0] for key in params if "." in key}
-    assert sections == {"data", "features", "training"} | present
+    # history: the behaviour-history field is data every model may read
+    assert sections == {"data", "features", "history", "training"} | present
     assert unused_config_sections(model) == absent
     assert params["model"] == model and params["num_params"] == "123"
 
@@ -190,6 +192,8 @@ def _schema() -> DatasetSchema:
             FieldSchema("user_id", FeatureType.SPARSE, 20, 8),
             FieldSchema("movie_id", FeatureType.SPARSE, 30, 6),
             FieldSchema("genres", FeatureType.SEQUENCE, 9, 4, max_length=4),
+            # the behaviour history (sasrec reads nothing else besides movie_id)
+            FieldSchema("history", FeatureType.SEQUENCE, 30, 6, max_length=5, shares="movie_id"),
         )
     )
 
@@ -210,7 +214,9 @@ def test_config_sections_name_what_each_model_builds_from(model):
     base += ["attention.attention_dim=4", "attention.num_heads=2"]
 
     def shapes(*overrides: str) -> dict[str, tuple[int, ...]]:
-        config = build_config({}, [f"model_name={model}", *base, *overrides])
+        config = build_config(
+            {}, [f"model_name={model}", "history.enabled=true", *base, *overrides]
+        )
         built = create_model(model, _schema(), config)
         return {k: tuple(v.shape) for k, v in built.state_dict().items()}
 
