@@ -115,10 +115,11 @@ class HistoryConfig(_Section):
     attention_hidden_units: list[PositiveInt] = Field(
         default_factory=lambda: [64, 32], min_length=1
     )  # the DIN scorer MLP over [h, c, h - c, h * c]
-    # the self-attention encoder (pooling self_attention, and the sasrec model)
+    # the self-attention encoder (pooling self_attention, and the sasrec model); in the CTR
+    # models it runs at movie_id's embedding size, so num_heads must divide that size
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(1, ge=1)
-    hidden_dim: int = Field(64, ge=1)  # model width of the encoder (sasrec's item embedding)
+    hidden_dim: int = Field(64, ge=1)  # sasrec only: its item embedding and encoder width
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
 
