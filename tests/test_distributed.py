@@ -23,8 +23,18 @@ import torch.nn.functional as F
 from ctr.config import ConfigError, load_config
 from ctr.training import build_data, distributed
 from ctr.training.batches import grouped_batches, row_batches
-from experiments.launch import describe_exit, root_cause, torchrun_command
 from tests.conftest import ROOT, VENV_BIN, subprocess_env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread for this module's small tensors: on a busy machine OpenMP
+    threads waiting for each other cost far more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ------------------------------------------------------------------ sharding
 
@@ -148,49 +158,6 @@ def test_a_malformed_fault_spec_is_refused(monkeypatch):
     monkeypatch.delenv(distributed.FAULT_ENV)
     distributed._arm_fault()
     assert distributed._fault is None
-
-
-# ---------------------------------------------------------------- the launcher
-TORCHRUN_REPORT = """\
-torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-============================================================
-ctr FAILED
-------------------------------------------------------------
-Failures:
-[1]:
-  time      : 2026-11-28_22:31:58
-  host      : localhost
-  rank      : 0 (local_rank: 0)
-  exitcode  : 1 (pid: 14314)
-  error_file: <N/A>
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2026-11-28_22:31:58
-  host      : localhost
-  rank      : 1 (local_rank: 1)
-  exitcode  : -9 (pid: 14315)
-  error_file: <N/A>
-  traceback : Signal 9 (SIGKILL) received by PID 14315
-============================================================
-"""
-
-
-def test_torchrun_report_names_the_rank_that_failed_first():
-    assert root_cause(TORCHRUN_REPORT) == (1, -9)
-    assert root_cause("Traceback ...\nValueError: no report") is None
-    assert describe_exit(-9) == "signal SIGKILL"
-    assert describe_exit(3) == "exit code 3"
-
-
-def test_launch_command_runs_ctr_train_on_loopback():
-    cmd = torchrun_command(2, ["--model", "deepfm", "--override", "seed=1"])
-    assert cmd[1:3] == ["-m", "torch.distributed.run"]
-    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
-    assert cmd[cmd.index("--rdzv-endpoint") + 1] == "127.0.0.1:0"
-    assert cmd[-7:] == ["-m", "ctr", "train", "--model", "deepfm", "--override", "seed=1"]
-    with pytest.raises(ValueError, match="--nproc"):
-        torchrun_command(0, [])
 
 
 # ------------------------------------------------------- real torchrun jobs
