@@ -127,7 +127,10 @@ def train(
     with user_errors():
         if nproc is not None:
             from experiments.launch import launch_training, train_arguments
+            from experiments.train import load_training_config
 
+            # a bad config fails here, before N processes start and fail alike
+            load_training_config(config_path or None, all_overrides, model or None)
             args = train_arguments(
                 config_path, model, all_overrides, experiment_name, run_name, track
             )

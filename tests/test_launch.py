@@ -70,6 +70,10 @@ def test_ctr_train_nproc_passes_the_same_arguments_on(monkeypatch):
             ],
         )
     ]
+    # a bad config is refused before any process starts
+    typo = CliRunner().invoke(main, [*argv, "--override", "training.lerning_rate=1"])
+    assert typo.exit_code == 1 and "training.lerning_rate" in typo.output
+    assert len(launched) == 1
     assert train_arguments("c.yaml", "", [], "e", "r", True) == [
         "--config",
         "c.yaml",
