@@ -155,7 +155,9 @@ def launch_training(nproc: int, train_args: Sequence[str], *, debug: bool = Fals
             env["CTR_DEBUG"] = "1"
         cmd = torchrun_command(nproc, train_args)
         logger.info("launching %d processes: %s", nproc, " ".join(cmd[1:]))
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1
+        )
         tail: collections.deque[str] = collections.deque(maxlen=_REPORT_LINES)
         copier = threading.Thread(target=_tee, args=(proc.stderr, tail), daemon=True)
         copier.start()
@@ -217,21 +219,23 @@ def _tee(stream, tail: collections.deque) -> None:
 
 def _end_run_failed(run_id: str, message: str) -> None:
     """End rank 0's run FAILED unless it ended so already (or FINISHED: its results
-    are complete); never raises."""
+    are complete). Never raises, and retries for 15 s at most: the server may be
+    why the job failed."""
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
 
+    from experiments.tracking_errors import bounded_http_retries
     from experiments.train import ERROR_TAG
 
     client = MlflowClient()
     try:
-        status = client.get_run(run_id).info.status
-        if status in ("FAILED", "FINISHED"):
-            return
-        client.log_batch(
-            run_id, tags=[RunTag(ERROR_TAG, message), RunTag("status_reason", "FAILED")]
-        )
-        client.set_terminated(run_id, "FAILED")
+        with bounded_http_retries(15.0):
+            status = client.get_run(run_id).info.status
+            if status in ("FAILED", "FINISHED"):
+                return
+            tags = [RunTag(ERROR_TAG, message), RunTag("status_reason", "FAILED")]
+            client.log_batch(run_id, tags=tags)
+            client.set_terminated(run_id, "FAILED")
         logger.info("run %s (was %s) marked FAILED", run_id, status)
-    except Exception as exc:  # the server may be why the job failed
+    except Exception as exc:
         logger.warning("could not mark run %s FAILED: %s", run_id, exc)
