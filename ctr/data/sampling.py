@@ -16,11 +16,14 @@ rows), dense or bit-packed (ctr.data.masks.InteractionMask: 463 MB instead of
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from ctr.data.candidates import sample_eval_candidates
 from ctr.data.dataset import TabularDataset
+from ctr.data.epoch import EpochRows, RowTables
 from ctr.data.masks import InteractionMask, row_counts
 
 __all__ = [
@@ -76,18 +79,23 @@ def sample_uniform_negatives(
 class NegativeSamplingTrainSet:
     """Training positives plus K fresh negatives per positive for every epoch.
 
-    `sample_epoch(epoch, seed)` returns a TabularDataset of N * (1 + K) rows:
-    rows [0, N) are the positives (label 1) in a fixed order; row N + i*K + j
+    `sample_epoch(epoch, seed)` returns the EpochRows (ctr.data.epoch) of N * (1 + K)
+    rows: rows [0, N) are the positives (label 1) in a fixed order; row N + i*K + j
     is the j-th negative (label 0) of positive i: the same user's features and
-    the sampled item's own features. The draw depends only on (seed, epoch).
+    context (its history) and the sampled item's own features. The draw depends
+    only on (seed, epoch). An epoch holds its sampled items (int32) and gathers a
+    batch's columns from the user and item tables, which every epoch shares.
 
-    This class alone knows that layout; code that batches or weighs the rows
-    asks it: `row_weights(w)` spreads a weight per positive over the epoch's
-    rows, `group_rows(positives)` gives the rows of each positive and its K
-    negatives (for losses that compare a positive with its own negatives).
+    This class and its EpochRows alone know that layout; code that batches or
+    weighs the rows asks them: `row_weights(w)` spreads a weight per positive
+    over the epoch's rows, `group_rows(positives)` gives the rows of each
+    positive and its K negatives (for losses that compare a positive with its
+    own negatives).
 
     Args:
-        positives: the N training positives (label 1).
+        positives: the N training positives (label 1), every column materialised;
+            or None, and `fields` and `context` say the same without materialising
+            (build_train_set does so: at MovieLens-20M scale the columns take GBs).
         user_rows: (N,) row of each positive's user in `user_features` / `train_mask`.
         item_rows: (N,) row of each positive's item in `item_features` / `train_mask`;
             `positives` must hold exactly the features at (user_rows, item_rows).
@@ -103,11 +111,15 @@ class NegativeSamplingTrainSet:
         context_fields: fields of `positives` that belong to the row, neither the
             user's nor the item's (the behaviour `history`): a negative carries its
             positive's value.
+        fields: with positives=None, the fields of a row in order: each is a
+            user-side, an item-side or a `context` field.
+        context: with positives=None, field -> the N positives' context column: a
+            (N, ...) tensor or a ctr.data.history.HistoryWindows.
     """
 
     def __init__(
         self,
-        positives: TabularDataset,
+        positives: TabularDataset | None,
         user_rows: np.ndarray,
         item_rows: np.ndarray,
         user_features: dict[str, torch.Tensor],
@@ -117,30 +129,47 @@ class NegativeSamplingTrainSet:
         item_ids: np.ndarray | None = None,
         recency_rank: np.ndarray | None = None,
         context_fields: tuple[str, ...] = (),
+        *,
+        fields: tuple[str, ...] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> None:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
-        n = len(positives)
+        if positives is not None:
+            if fields is not None or context is not None:
+                raise ValueError("expected either positives or fields and context, got both")
+            fields = tuple(positives.features)
+            missing = [f for f in context_fields if f not in positives.features]
+            if missing:
+                raise ValueError(f"context fields {missing} are not columns of the positives")
+            context = {f: positives.features[f] for f in context_fields}
+        elif fields is None:
+            raise ValueError("expected the positives, or the fields of a row (fields=...)")
+        context = dict(context or {})
+        n = user_rows.shape[0]
         if user_rows.shape != (n,) or item_rows.shape != (n,):
             raise ValueError(
                 f"expected user_rows and item_rows of shape ({n},), got "
                 f"{user_rows.shape} and {item_rows.shape}"
             )
-        context_fields = tuple(context_fields)
+        if positives is not None and len(positives) != n:
+            raise ValueError(f"expected {n} positives (one per user_rows), got {len(positives)}")
         unknown = [
             f
-            for f in positives.features
-            if f not in user_features and f not in item_features and f not in context_fields
+            for f in fields
+            if f not in user_features and f not in item_features and f not in context
         ]
         if unknown:
             raise ValueError(
                 f"fields {unknown} are neither user-side, item-side nor context fields; "
                 f"user fields: {list(user_features)}, item fields: {list(item_features)}, "
-                f"context fields: {list(context_fields)}"
+                f"context fields: {list(context)}"
             )
-        missing = [f for f in context_fields if f not in positives.features]
-        if missing:
-            raise ValueError(f"context fields {missing} are not columns of the positives")
+        wrong = {f: len(c) for f, c in context.items() if len(c) != n}
+        if wrong:
+            raise ValueError(
+                f"expected context columns of {n} rows (one per positive), got {wrong}"
+            )
         if recency_rank is not None and np.shape(recency_rank) != (n,):
             raise ValueError(f"expected recency_rank of shape ({n},), got {np.shape(recency_rank)}")
         users = np.unique(user_rows)
@@ -150,7 +179,7 @@ class NegativeSamplingTrainSet:
                 f"{full.size} users interacted with every item in training: "
                 f"no negatives can be drawn for them"
             )
-        self.positives = positives
+        self._positives = positives
         self.user_rows = np.asarray(user_rows, dtype=np.int64)
         self.user_features = user_features
         self.item_features = item_features
@@ -161,16 +190,30 @@ class NegativeSamplingTrainSet:
         self.recency_rank = (
             None if recency_rank is None else np.asarray(recency_rank, dtype=np.int64)
         )
-        self.context_fields = context_fields
-        self._user_rows_t = torch.from_numpy(self.user_rows)
-        self._item_rows_t = torch.from_numpy(self.item_rows)
-        self._labels = torch.cat(
-            [torch.ones(n, dtype=torch.float32), torch.zeros(n * self.num_negatives)]
+        self.context_fields = tuple(context)
+        # what every epoch shares: each epoch adds its (N * K,) sampled items
+        self.tables = RowTables(
+            torch.from_numpy(self.user_rows),
+            torch.from_numpy(self.item_rows),
+            user_features,
+            item_features,
+            tuple(fields),
+            context,
         )
 
     @property
+    def positives(self) -> TabularDataset:
+        """The N positives, every column: the one given, or materialised on each access
+        (for tests and tools: at scale, gather what is needed with sample_epoch(...).take)."""
+        if self._positives is not None:
+            return self._positives
+        n = self.num_positives
+        batch = self.tables.gather(torch.arange(n), self.tables.item_rows.long())
+        return TabularDataset(batch, torch.ones(n))
+
+    @property
     def num_positives(self) -> int:
-        return len(self.positives)
+        return self.user_rows.shape[0]
 
     def __len__(self) -> int:
         return self.num_positives * (1 + self.num_negatives)
@@ -202,23 +245,10 @@ class NegativeSamplingTrainSet:
             raise ValueError("this training set was built without item_ids")
         return self.item_ids[self.negative_items(epoch, seed)]
 
-    def sample_epoch(self, epoch: int, seed: int) -> TabularDataset:
-        """Positives followed by K fresh negatives each: N * (1 + K) rows."""
-        neg_items = torch.from_numpy(self.negative_items(epoch, seed).reshape(-1))  # (N*K,)
-        # one gather per field from the small user / item tables, positives included
-        users = self._per_row(self._user_rows_t)  # (N*(1+K),) a negative has its positive's user
-        items = torch.cat([self._item_rows_t, neg_items])  # (N*(1+K),)
-        columns = {
-            name: (
-                self._per_row(self.positives.features[name])
-                if name in self.context_fields
-                else self.user_features[name].index_select(0, users)
-                if name in self.user_features
-                else self.item_features[name].index_select(0, items)
-            )
-            for name in self.positives.features
-        }
-        return TabularDataset(columns, self._labels.clone())
+    def sample_epoch(self, epoch: int, seed: int) -> EpochRows:
+        """Positives followed by K fresh negatives each: N * (1 + K) rows (ctr.data.epoch)."""
+        negatives = self.negative_items(epoch, seed).reshape(-1)  # (N*K,)
+        return EpochRows(self.tables, torch.from_numpy(negatives), self.num_negatives)
 
     # ------------------------------------------------------------- epoch row layout
     def _per_row(self, values: torch.Tensor) -> torch.Tensor:
@@ -243,11 +273,14 @@ class NegativeSamplingTrainSet:
             )
         return self._per_row(weights)
 
-    def group_rows(self, positives: torch.Tensor) -> torch.Tensor:
+    def group_rows(self, positives: torch.Tensor, check: bool = True) -> torch.Tensor:
         """(G, 1 + K) epoch rows of G groups: the positive's row, then its K negatives'.
 
         Args:
-            positives: (G,) indices of positives, in [0, N).
+            positives: (G,) indices of positives, in [0, N); the rows are on its device.
+            check: whether to check the range of `positives`; False skips it (reading
+                the range back from an accelerator waits for it), for indices known
+                to be in range, such as a slice of a permutation of [0, N).
 
         Example (N = 3, K = 2): group_rows([2, 0]) -> [[2, 7, 8], [0, 3, 4]].
         """
@@ -255,10 +288,10 @@ class NegativeSamplingTrainSet:
         pos = torch.as_tensor(positives, dtype=torch.int64)
         if pos.dim() != 1:
             raise ValueError(f"expected a (G,) tensor of positives, got shape {tuple(pos.shape)}")
-        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= n):
+        if check and pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= n):
             raise ValueError(
                 f"expected positives in [0, {n}), got values from {int(pos.min())} "
                 f"to {int(pos.max())}"
             )
-        negatives = n + pos.unsqueeze(1) * k + torch.arange(k)  # (G, K)
+        negatives = n + pos.unsqueeze(1) * k + torch.arange(k, device=pos.device)  # (G, K)
         return torch.cat([pos.unsqueeze(1), negatives], dim=1)  # (G, 1 + K)

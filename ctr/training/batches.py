@@ -18,13 +18,14 @@ from collections.abc import Iterator
 import torch
 
 from ctr.data.dataset import Batch, TabularDataset
+from ctr.data.epoch import EpochRows
 from ctr.training import distributed
 
 Step = tuple[Batch, torch.Tensor, torch.Tensor | None, float]
 
 
 def row_batches(
-    rows: TabularDataset,
+    rows: EpochRows | TabularDataset,
     generator: torch.Generator,
     batch_size: int,
     row_weights: torch.Tensor | None,
@@ -33,7 +34,7 @@ def row_batches(
     """Shuffled batches of `batch_size` rows (bce), with each row's loss weight.
 
     Args:
-        rows: the epoch's rows, on `device`.
+        rows: the epoch's rows (what sample_epoch gives), on `device`.
         row_weights: (len(rows),) loss weight of each row, or None (unweighted).
 
     Yields:
@@ -50,7 +51,7 @@ def row_batches(
 
 def grouped_batches(
     train_ds,
-    rows: TabularDataset,
+    rows: EpochRows | TabularDataset,
     generator: torch.Generator,
     batch_size: int,
     positive_weights: torch.Tensor | None,
@@ -72,17 +73,15 @@ def grouped_batches(
     n = train_ds.num_positives
     k = train_ds.num_negatives
     per_batch = max(1, batch_size // (1 + k))
-    order = torch.randperm(n, generator=generator)
-    # every group's rows (n, 1 + K): positive, its negatives; moved once, sliced per batch
-    all_groups = train_ds.group_rows(order).to(device)
-    order = order.to(device)
+    # the permutation moves once; each batch's groups are computed there, from its positives
+    order = torch.randperm(n, generator=generator).to(device)
     for start in range(0, n, per_batch):
         part = distributed.shard(min(per_batch, n - start))
         if part is None:  # fewer groups than ranks: skipped by every rank
             continue
         local, scale = part
         pos = order[start : start + per_batch][local]  # (b,)
-        groups = all_groups[start : start + per_batch][local]  # (b, 1 + K)
+        groups = train_ds.group_rows(pos, check=False)  # (b, 1 + K): positive, its negatives
         # the b positives first, then their negatives group by group (as the loss reads them)
         batch, labels = rows.take(torch.cat([groups[:, 0], groups[:, 1:].reshape(-1)]))
         weights = None if positive_weights is None else positive_weights[pos]

@@ -3,8 +3,8 @@
 The model owns no infrastructure; everything that is not the forward pass lives
 here. One epoch:
 
-    rows = train_ds.sample_epoch(epoch, seed)        # positives + fresh negatives
-    for batch in rows (permuted, batch_size):        # ctr.training.batches
+    rows = train_ds.sample_epoch(epoch, seed)        # positives + fresh negatives (indices)
+    for batch in rows (permuted, batch_size):        # ctr.training.batches, gathered per batch
         loss = criterion(model(batch)) + l2 * model.get_l2_reg_loss()
         step (with optional gradient clipping)
     metrics = val evaluator (sampled; full ranking once at the end, or each epoch if asked)
@@ -175,8 +175,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(_epoch_seed(self.config.seed, epoch))
         # dropout; each rank masks its own rows with its own stream (rank 0: a single process's)
         torch.manual_seed(_epoch_seed(self.config.seed, epoch) + 1 + self.rank)
-        # the epoch's rows go to the device once; batches are gathered there, by indices
-        # that are there too, so the loop below makes no host copies and no host syncs
+        # the epoch's sampled items go to the device (the feature tables once per run);
+        # batches are gathered there, by indices that are there too, so the loop below
+        # makes no host copies and no host syncs
         rows = rows.to(self.device)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ctr.config import DataConfig, FeatureConfig, HistoryConfig
 from ctr.data.dataset import EvalSplit
-from ctr.data.history import history_matrix, strictly_later
+from ctr.data.history import HistoryWindows, strictly_later
 from ctr.data.movielens.preprocessor import (
     USER_COLUMNS,
     MovieLensPreprocessor,
@@ -180,7 +180,7 @@ class LeaveOneOutAdapter:
         enc.later = strictly_later(enc.user_rows, ratings["timestamp"].to_numpy())
         if self.history_config.enabled:
             codes = enc.item_features["movie_id"].numpy()[enc.item_rows]  # (R,) encoded movie ids
-            enc.history = history_matrix(enc.user_rows, codes, self.history_config.length)
+            enc.history = HistoryWindows.build(enc.user_rows, codes, self.history_config.length)
         train_ds = build_train_set(enc, is_train, self.data_config.num_negatives)
         self.topped_up_users = {}
         val_ds = self._eval_split("val", enc, split == "val")
@@ -189,7 +189,7 @@ class LeaveOneOutAdapter:
         self.schema, self.preprocessor, self.ratings = schema, pre, ratings
         self.user_ids, self.item_ids = pre.user_ids, pre.item_ids
         self.train_mask, self.known_mask = train_ds.train_mask, enc.known_mask
-        movie_codes = train_ds.positives.features["movie_id"].numpy()
+        movie_codes = enc.item_features["movie_id"].numpy()[train_ds.item_rows]  # (N,)
         popularity = np.bincount(movie_codes, minlength=pre.encoders["movie_id"].vocabulary_size)
         popularity[0] = 0
         self.item_popularity = popularity.astype(np.int64)

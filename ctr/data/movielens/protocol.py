@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from ctr.data.dataset import EvalSplit, TabularDataset
+from ctr.data.history import HistoryWindows
 from ctr.data.masks import InteractionMask, row_counts
 from ctr.data.sampling import (
     EVAL_STREAM,
@@ -75,9 +76,9 @@ class EncodedRatings:
     item_features: dict[str, torch.Tensor]  # field -> (I,) or (I, L)
     known_mask: InteractionMask  # (U, I) bool, bit-packed: rated in any split
     field_order: tuple[str, ...]  # every field, user- and item-side, in the schema's order
-    # (R, L) each rating's behaviour history (ctr.data.history.history_matrix), or None:
-    # the `history` field of the training positives and of each evaluation user
-    history: np.ndarray | None = None
+    # (R, L) each rating's behaviour history, or None: the `history` field of the training
+    # positives and of each evaluation user; HistoryWindows (ctr.data.history) or the matrix
+    history: HistoryWindows | np.ndarray | None = None
     # (R,) bool, the rating is strictly later than its user's previous one (None: no timestamps)
     later: np.ndarray | None = None
 
@@ -168,19 +169,23 @@ def build_train_set(
 
     `enc` must hold each user's ratings in time order (as leave_one_out_split
     sorts them): a positive's recency rank counts its user's training ratings after it.
+    No column is materialised: the train set gathers a batch's from the user and
+    item tables, and its history from `enc.history`'s windows (or rows).
     """
     is_train = enc.check_selection(is_train, "is_train")
     user_rows, item_rows = enc.user_rows[is_train], enc.item_rows[is_train]  # (N,), (N,)
-    columns = enc.gather(user_rows, item_rows)
-    context = ()
+    context = {}
     if enc.history is not None:  # a positive sees its user's earlier training items
-        columns["history"] = torch.from_numpy(enc.history[is_train])
-        context = ("history",)
-    positives = TabularDataset(columns, np.ones(int(is_train.sum()), np.float32))
+        history = enc.history
+        context["history"] = (
+            history.select(is_train)
+            if isinstance(history, HistoryWindows)
+            else torch.from_numpy(np.asarray(history)[is_train].astype(np.int32))  # (N, L)
+        )
     by_user = pd.Series(user_rows).groupby(user_rows, sort=False)
     recency_rank = by_user.cumcount(ascending=False).to_numpy()  # 0 = user's last
     return NegativeSamplingTrainSet(
-        positives,
+        None,
         user_rows,
         item_rows,
         enc.user_features,
@@ -189,7 +194,8 @@ def build_train_set(
         num_negatives,
         item_ids=enc.item_ids,
         recency_rank=recency_rank,
-        context_fields=context,
+        fields=(*enc.field_order, *context),
+        context=context,
     )
 
 
