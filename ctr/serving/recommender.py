@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctr.data.masks import InteractionMask
 from ctr.serving.errors import ServingInputError
 from ctr.serving.history import bundled_histories, request_histories
 from ctr.training.scoring import CatalogueScorer
@@ -183,10 +184,10 @@ class Recommender:
         user_rows = pre.user_rows(train_items["user_id"].to_numpy())
         item_rows = pre.item_rows(train_items["movie_id"].to_numpy())
         known = (user_rows >= 0) & (item_rows >= 0)
-        self.seen = np.zeros((len(pre.user_ids), len(self.item_ids)), dtype=bool)  # (U, I)
-        self.seen[user_rows[known], item_rows[known]] = True
-        # one extra all-false row for users the table does not know
-        self.seen = np.concatenate([self.seen, np.zeros((1, len(self.item_ids)), bool)])
+        # (U + 1, I) bool, bit-packed: each user's training items, and a last, empty row for
+        # users the table does not know (table row -1); a request densifies its users' rows
+        shape = (len(pre.user_ids) + 1, len(self.item_ids))
+        self.seen = InteractionMask.from_pairs(user_rows[known], item_rows[known], shape)
         # (U + 1, L) each known user's latest training items, or None without a history field
         self.user_history = bundled_histories(model, pre, self.train_items, user_rows, known)
         # the catalogue tiled for a chunk of top-K users, built once
@@ -249,7 +250,7 @@ class Recommender:
             for start, stop, logits in self.catalogue.chunks(self.model, users):  # (R, I)
                 scores = torch.sigmoid(logits).numpy()  # (R, I)
                 R = stop - start
-                skip = self.seen[table_rows[start:stop]] & exclude[start:stop, None]  # (R, I)
+                skip = self.seen.rows(table_rows[start:stop]) & exclude[start:stop, None]  # (R, I)
                 scores_masked = np.where(skip, -np.inf, scores)
                 # stable sort of -score: equal scores keep movie-id order
                 order = np.argsort(-scores_masked, axis=1, kind="stable")  # (R, I)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ctr.data.dataset import Batch, EvalSplit
+from ctr.data.dataset import Batch, EvalSplit, _to_tensor, gather_candidate_rows
 from ctr.training.metrics import (
-    _exclusion_mask,
+    ExclusionLists,
     _full_metrics,
     _later_metrics,
     _pooled_metrics,
@@ -27,14 +27,18 @@ from ctr.training.scoring import CatalogueScorer, Model, forward_logits
 class RankingEvaluator:
     """Scores an `EvalSplit` with a model and returns all evaluation metrics.
 
-    Everything that does not depend on the model (candidate features on the
-    device, the tiled catalogue, the user-repeat index, the exclusion mask) is
-    built once here, so `evaluate` is little more than the model's forward passes.
+    Everything that does not depend on the model (the user and item tables and
+    the (U, C) candidate rows on the device, the tiled catalogue, the exclusion
+    lists) is set up once here, so `evaluate` is little more than the model's
+    forward passes. No U * C feature rows and no (U, I) matrix are ever built:
+    a batch of candidate rows is gathered from the tables when it is scored, and
+    a chunk of users' exclusion rows when that chunk is ranked.
 
     Args:
         split: the validation or test split.
-        batch_size: rows per forward pass, for the sampled candidates and (about)
-            for the full ranking, where a chunk holds max(1, batch_size // I) users.
+        batch_size: rows per forward pass, for the sampled candidates (rows of the
+            user-major U * C layout, a batch may span users) and (about) for the full
+            ranking, where a chunk holds max(1, batch_size // I) users.
         ks: cut-offs for the sampled HR@K and NDCG@K.
         full_ranking: also rank every positive against the whole catalogue
             (adds `{name}_full_hr_at_10` and `{name}_full_ndcg_at_10`).
@@ -62,17 +66,7 @@ class RankingEvaluator:
         U, C = split.num_users, split.num_candidates
         if U < 1 or C < 2:
             raise ValueError(f"expected at least 1 user and 2 candidates, got U={U}, C={C}")
-        if len(split.candidates) != U * C:
-            raise ValueError(
-                f"expected {U} users * {C} candidates = {U * C} candidate rows, "
-                f"got {len(split.candidates)}"
-            )
-        labels = split.candidates.labels.reshape(U, C)
-        if not (bool((labels[:, 0] == 1).all()) and bool((labels[:, 1:] == 0).all())):
-            raise ValueError(
-                "expected candidate rows in user-major order with the positive (label 1) "
-                "first in each block of C rows and negatives (label 0) after it"
-            )
+        _check_split(split)
         self.split = split
         self.batch_size = int(batch_size)
         self.ks = ks
@@ -81,39 +75,21 @@ class RankingEvaluator:
         self.last_seconds: float | None = None
 
         dev = self.device
-        self._candidates: Batch = {k: v.to(dev) for k, v in split.candidates.features.items()}
+        # the two tables on the device: sampled candidates and the catalogue gather from them
+        self._users: Batch = {k: _to_tensor(k, v).to(dev) for k, v in split.user_features.items()}
+        self._items: Batch = {k: _to_tensor(k, v).to(dev) for k, v in split.item_features.items()}
+        self._candidate_rows = torch.from_numpy(split.candidate_rows).to(dev)  # (U, C) int32
         self._num_rows = U * C
 
         if full_ranking:
-            n_items = len(split.item_ids)
-            for k, v in split.item_features.items():
-                if v.shape[0] != n_items:
-                    raise ValueError(
-                        f"item feature {k!r}: expected {n_items} rows, got {v.shape[0]}"
-                    )
-            for k, v in split.user_features.items():
-                if v.shape[0] != U:
-                    raise ValueError(f"user feature {k!r}: expected {U} rows, got {v.shape[0]}")
-            self._users: Batch = {k: v.to(dev) for k, v in split.user_features.items()}
             # the catalogue, tiled once for a chunk of max(1, batch_size // I) users
-            self._catalogue = CatalogueScorer(
-                {k: v.to(dev) for k, v in split.item_features.items()},
-                chunk_rows=self.batch_size,
-                max_users=U,
-            )
+            self._catalogue = CatalogueScorer(self._items, chunk_rows=self.batch_size, max_users=U)
             self._catalogue.check_users(self._users)
-            positive_index = np.asarray(split.positive_item_index, dtype=np.int64)
-            if (
-                positive_index.shape != (U,)
-                or not (0 <= positive_index).all()
-                or not (positive_index < n_items).all()
-            ):
-                raise ValueError(
-                    f"expected positive_item_index of shape ({U},) with catalogue rows in "
-                    f"[0, {n_items}), got shape {positive_index.shape}"
-                )
-            self._positive_index = torch.as_tensor(positive_index, device=dev)  # (U,)
-            self._exclude = _exclusion_mask(split).to(dev)  # (U, I)
+            self._positive_index = torch.as_tensor(
+                np.asarray(split.positive_item_index, dtype=np.int64), device=dev
+            )  # (U,)
+            # dense (u, I) rows of a chunk of users only, from the CSR lists
+            self._exclude = ExclusionLists(split, dev)
 
     def metric_names(self, full_ranking: bool | None = None) -> list[str]:
         """The keys `evaluate(model, full_ranking)` returns, known before any model is scored.
@@ -125,7 +101,7 @@ class RankingEvaluator:
         names = [
             *_ranking_metrics(name, ranks, self.ks),
             *_later_metrics(name, ranks, None if self.split.strictly_later is None else [True]),
-            *_pooled_metrics(name, np.array([1.0, 0.0]), np.array([0.5, 0.5])),
+            *_pooled_metrics(name, np.array([[0.5, 0.5]])),
         ]
         if self._wants_full(full_ranking):
             names += _full_metrics(name, ranks)
@@ -140,11 +116,18 @@ class RankingEvaluator:
         return self.full_ranking if full_ranking is None else full_ranking
 
     def _score_candidates(self, model: Model) -> torch.Tensor:
-        """(U * C,) logits of the sampled candidates."""
+        """(U * C,) logits of the sampled candidates, row u * C + j for user u's candidate j.
+
+        A forward pass holds batch_size rows of that layout, gathered from the user and
+        item tables on the device: no more than one batch of rows exists at a time.
+        """
         out = torch.empty(self._num_rows, device=self.device)
+        fields = self.split.field_order
         for start in range(0, self._num_rows, self.batch_size):
             end = min(start + self.batch_size, self._num_rows)
-            batch = {k: v[start:end] for k, v in self._candidates.items()}
+            batch = gather_candidate_rows(
+                self._users, self._items, self._candidate_rows, fields, start, end
+            )
             out[start:end] = forward_logits(model, batch, end - start)
         return out
 
@@ -157,7 +140,7 @@ class RankingEvaluator:
                     f"{self.split.name}: the model produced NaN logits (did training diverge?)"
                 )
             ranks[start:end] = full_ranks_from_scores(
-                scores, self._positive_index[start:end], self._exclude[start:end]
+                scores, self._positive_index[start:end], self._exclude.rows(start, end)
             )
         return ranks
 
@@ -199,3 +182,32 @@ class RankingEvaluator:
                 m.training = training
         self.last_seconds = time.perf_counter() - t0
         return metrics
+
+
+def _check_split(split: EvalSplit) -> None:
+    """The split's candidates and tables agree: a ValueError naming what does not."""
+    U, C, n_items = split.num_users, split.num_candidates, len(split.item_ids)
+    rows = split.candidate_rows
+    if rows.shape != (U, C):
+        raise ValueError(f"expected candidate_rows of shape ({U}, {C}), got {rows.shape}")
+    if rows.min() < 0 or rows.max() >= n_items:
+        raise ValueError(
+            f"expected candidate_rows to be catalogue rows in [0, {n_items}), "
+            f"got range [{rows.min()}, {rows.max()}]"
+        )
+    positive = np.asarray(split.positive_item_index)
+    if positive.shape != (U,):
+        raise ValueError(f"expected positive_item_index of shape ({U},), got {positive.shape}")
+    differ = int((rows[:, 0] != positive).sum())
+    if differ:  # the labels follow from the layout: column 0 is the positive
+        raise ValueError(
+            f"expected each user's positive (positive_item_index) first in its candidates, "
+            f"column 0 of candidate_rows; {differ} of {U} users differ"
+        )
+    for table, n, what in (
+        (split.user_features, U, "user"),
+        (split.item_features, n_items, "item"),
+    ):
+        for k, v in table.items():
+            if v.shape[0] != n:
+                raise ValueError(f"{what} feature {k!r}: expected {n} rows, got {v.shape[0]}")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctr.data.dataset import EvalSplit, TabularDataset
+from ctr.data.dataset import EvalSplit
 from ctr.data.history import HistoryWindows
 from ctr.data.masks import InteractionMask, row_counts
 from ctr.data.sampling import (
@@ -232,17 +232,15 @@ def build_eval_split(
     num_items = enc.known_mask.shape[1]
     pools = (num_items - row_counts(enc.known_mask, split_users[topped_up])).tolist()
     num_candidates = 1 + num_negatives
-    labels = np.zeros(cand.size, dtype=np.float32)
-    labels[::num_candidates] = 1.0
-    columns = enc.gather(np.repeat(split_users, num_candidates), cand.reshape(-1))
+    # a candidate row is its user's row of user_features beside its item's row of the
+    # catalogue (EvalSplit.candidate_batch): no U * C rows are built here
     user_features = {
         f: t.index_select(0, torch.from_numpy(split_users)) for f, t in enc.user_features.items()
     }
+    field_order = enc.field_order
     if enc.history is not None:  # every candidate of a user carries its held-out rating's history
-        history = torch.from_numpy(enc.history[in_split][order])  # (U, L)
-        user_features["history"] = history
-        columns["history"] = history.repeat_interleave(num_candidates, dim=0)  # (U * C, L)
-    candidates = TabularDataset(columns, labels)
+        user_features["history"] = torch.from_numpy(np.asarray(enc.history[in_split])[order])
+        field_order = (*field_order, "history")
 
     # full ranking skips the user's other known interactions (any split)
     num_users = len(split_users)
@@ -260,10 +258,10 @@ def build_eval_split(
 
     split = EvalSplit(
         name=name,
-        candidates=candidates,
         num_candidates=num_candidates,
         user_ids=enc.user_ids[split_users],
-        candidate_items=enc.item_ids[cand],
+        candidate_rows=cand.astype(np.int32),
+        field_order=field_order,
         user_features=user_features,
         item_features=dict(enc.item_features),
         item_ids=enc.item_ids.copy(),
