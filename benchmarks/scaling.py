@@ -2,7 +2,8 @@
 
     python benchmarks/scaling.py [--sizes 1000000,5000000,20000000] [--threads N]
                                  [--eval-negatives 999] [--full-users 1000]
-                                 [--device cpu|cuda] [--batch-size B] [--model deepfm]
+                                 [--device cpu|cuda] [--batch-size B] [--negatives K]
+                                 [--model deepfm]
 
 Each size N runs `synthetic-<N>` (users grow with N, the catalogue with its
 square root; ctr/data/synthetic.py) in a subprocess of its own, so that its
@@ -202,6 +203,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         f"training.device={args.device}",
         *([f"training.num_threads={args.threads}"] if args.threads else []),
         *([f"training.batch_size={args.batch_size}"] if args.batch_size else []),
+        *([f"data.num_negatives={args.negatives}"] if args.negatives else []),
     ]
     config = load_config(path, overrides)
     baseline = proc_status("VmRSS")
@@ -357,6 +359,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--model", default="deepfm")
+    parser.add_argument(
+        "--negatives", type=int, default=None, help="training negatives (default: the config's)"
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,7 +378,8 @@ def main() -> None:
     print(environment(args))
     print(
         f"{args.model}: configs/{args.model}_movielens.yaml, batch "
-        f"{args.batch_size or 'as configured'}; val: 1 + {args.eval_negatives} sampled "
+        f"{args.batch_size or 'as configured'}, training negatives "
+        f"{args.negatives or 'as configured'}; val: 1 + {args.eval_negatives} sampled "
         f"candidates, full ranking on {args.full_users:,} users",
         flush=True,
     )
