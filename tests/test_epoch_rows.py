@@ -164,8 +164,9 @@ def test_history_windows_cut_the_rows_history_matrix_gives():
     assert windows.shape == expected.shape
     np.testing.assert_array_equal(windows.numpy(), expected)
     np.testing.assert_array_equal(windows[[5, 0, 5]], expected[[5, 0, 5]])
-    # stored compactly: an int32 code and a uint8 depth per rating, an int32 per positive
-    assert windows.nbytes == 5 * len(adapter.ratings) + 4 * train.num_positives
+    # stored compactly: an int32 code and a uint8 depth per rating (and L int32 zeros
+    # before the codes), an int32 per positive
+    assert windows.nbytes == 5 * len(adapter.ratings) + 4 * L + 4 * train.num_positives
     with pytest.raises(ValueError, match="expected a history length >= 1"):
         HistoryWindows.build(np.zeros(3), np.zeros(3), 0)
 

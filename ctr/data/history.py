@@ -148,10 +148,17 @@ class HistoryWindows:
                 f"expected codes and depth of one shape (R,), got {tuple(codes.shape)} "
                 f"and {tuple(depth.shape)}"
             )
-        self.codes = codes  # (R,) int32, each rating's item code
-        self.depth = depth  # (R,) how many of the L columns of each rating's row are set
         self.length = int(length)
+        # L zeros, then each rating's item code (int32): rating r's window is
+        # padded[r : r + L], the L codes before it, and unfold gives all windows as a view
+        self.padded = torch.cat([codes.new_zeros(self.length), codes.to(torch.int32)])
+        self.depth = depth  # (R,) how many of the L columns of each rating's row are set
         self.rows = rows  # (M,) int32, the rating of each row; None: every rating in order
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """(R,) int32, each rating's item code."""
+        return self.padded[self.length :]
 
     @classmethod
     def build(cls, user_rows: np.ndarray, item_codes: np.ndarray, length: int) -> HistoryWindows:
@@ -176,8 +183,15 @@ class HistoryWindows:
             length,
         )
 
+    def _with(self, padded: torch.Tensor, depth: torch.Tensor, rows: torch.Tensor | None):
+        """These windows with other tensors (moved, or other rows): no copy of the codes."""
+        windows = object.__new__(HistoryWindows)
+        windows.length = self.length
+        windows.padded, windows.depth, windows.rows = padded, depth, rows
+        return windows
+
     def __len__(self) -> int:
-        return self.codes.shape[0] if self.rows is None else self.rows.shape[0]
+        return self.depth.shape[0] if self.rows is None else self.rows.shape[0]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -185,39 +199,35 @@ class HistoryWindows:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.rows is None else self.rows.numel() * self.rows.element_size()
-        return (
-            self.codes.numel() * self.codes.element_size()
-            + self.depth.numel() * self.depth.element_size()
-            + extra
-        )
+        parts = [self.padded, self.depth] + ([] if self.rows is None else [self.rows])
+        return sum(t.numel() * t.element_size() for t in parts)
 
     def select(self, selection: Any) -> HistoryWindows:
         """The rows at `selection` (a bool mask, an index array or a slice) as windows."""
         picked = np.arange(len(self))[selection]
-        rows = torch.from_numpy(picked.astype(np.int32)).to(self.codes.device)
+        rows = torch.from_numpy(picked.astype(np.int32)).to(self.depth.device)
         if self.rows is not None:
             rows = self.rows[rows.long()]
-        return HistoryWindows(self.codes, self.depth, self.length, rows)
+        return self._with(self.padded, self.depth, rows)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """(B, L) int64: the rows at `index` (a (B,) tensor on the windows' device)."""
         ratings = index.long() if self.rows is None else self.rows[index].long()  # (B,)
         L = self.length
-        columns = torch.arange(-L, 0, device=ratings.device)  # (L,)
-        positions = ratings.unsqueeze(1) + columns  # (B, L) rating of each column
-        # column j of a row holds a rating iff j >= L - depth
-        valid = columns + self.depth[ratings].long().unsqueeze(1) >= 0  # (B, L)
-        codes = self.codes[positions.clamp(min=0)].long()  # (B, L)
-        return torch.where(valid, codes, torch.zeros((), dtype=torch.int64, device=codes.device))
+        windows = self.padded.unfold(0, L, 1)  # (R + 1, L) view: row r = padded[r : r + L]
+        codes = windows.index_select(0, ratings)  # (B, L) int32
+        # column j holds a rating of the user iff j >= L - depth; the others are padding
+        columns = torch.arange(L, device=ratings.device)  # (L,)
+        keep = columns >= L - self.depth[ratings].long().unsqueeze(1)  # (B, L)
+        return (codes * keep).long()
 
     def to(self, device: str | torch.device) -> HistoryWindows:
         rows = None if self.rows is None else self.rows.to(device)
-        return HistoryWindows(self.codes.to(device), self.depth.to(device), self.length, rows)
+        return self._with(self.padded.to(device), self.depth.to(device), rows)
 
     def numpy(self) -> np.ndarray:
         """(M, L) int64, every row materialised (the matrix history_matrix gives)."""
-        return self.take(torch.arange(len(self), device=self.codes.device)).cpu().numpy()
+        return self.take(torch.arange(len(self), device=self.depth.device)).cpu().numpy()
 
     def __getitem__(self, selection: Any) -> np.ndarray:
         """Materialised rows at `selection`, (k, L) int64, as indexing the matrix gives."""
