@@ -59,6 +59,10 @@ and cbwr the first forward pass, and after 3 epochs their test NDCG@10 is
 results/results.json in every digit (best epoch 23, test NDCG@10
 0.07475209888691327); with MKL_CBWR=COMPATIBLE set around it, the same run
 stopped at best epoch 11 with best val NDCG@10 0.1114 and test NDCG@10 0.0667.
+Those figures are of the row trained with nn.Dropout and torch's for-each
+Adam, before `dnn.fast_dropout` and `training.fused_optimizer` became the
+defaults; `--full` compares with the row results/results.json holds now,
+which was retrained with both.
 """
 
 from __future__ import annotations
