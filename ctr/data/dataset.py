@@ -24,6 +24,37 @@ def _to_tensor(name: str, values: np.ndarray | torch.Tensor) -> torch.Tensor:
     raise ValueError(f"field {name!r}: expected an integer or float array, got dtype {t.dtype}")
 
 
+def batch_starts(n: int, batch_size: int, drop_last: bool = False) -> range:
+    """The first row of each batch of `batch_size` over n rows (the last may be short,
+    or left out with drop_last)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return range(0, n - n % batch_size if drop_last else n, batch_size)
+
+
+def shuffled_batch_indices(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    device: str | torch.device | None = None,
+) -> Iterator[torch.Tensor]:
+    """The (B,) row indices of each batch of one permutation of n rows drawn from
+    `generator`: drawn on the CPU (the same order on every device) and moved to
+    `device` once, so each batch's indices are already there. Every row container
+    (TabularDataset, ctr.data.epoch.EpochRows) batches through this one stream."""
+    starts = batch_starts(n, batch_size, drop_last)
+    order = torch.randperm(n, generator=generator)
+    if device is not None:
+        order = order.to(device)
+    for start in starts:
+        yield order[start : start + batch_size]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 class TabularDataset(torch.utils.data.Dataset):
     """Columnar features + labels.
 
@@ -95,11 +126,8 @@ class TabularDataset(torch.utils.data.Dataset):
             for index in self.shuffled_batch_indices(batch_size, generator, drop_last):
                 yield self.take(index)
             return
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = self._n
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in batch_starts(n, batch_size, drop_last):
             end = min(start + batch_size, n)
             yield (
                 {k: v[start:end] for k, v in self.features.items()},
@@ -120,18 +148,10 @@ class TabularDataset(torch.utils.data.Dataset):
         The permutation is drawn on the CPU (the same order on every device) and
         moved to `device` once, so each batch's indices are already there.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = self._n
-        stop = n - n % batch_size if drop_last else n
-        order = torch.randperm(n, generator=generator)
-        if device is not None:
-            order = order.to(device)
-        for start in range(0, stop, batch_size):
-            yield order[start : start + batch_size]
+        return shuffled_batch_indices(self._n, batch_size, generator, drop_last, device)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return self._n // batch_size if drop_last else -(-self._n // batch_size)
+        return num_batches(self._n, batch_size, drop_last)
 
 
 def concat_datasets(parts: list[TabularDataset]) -> TabularDataset:

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from ctr.data.dataset import Batch, TabularDataset
+from ctr.data.dataset import (
+    Batch,
+    TabularDataset,
+    batch_starts,
+    num_batches,
+    shuffled_batch_indices,
+)
 
 __all__ = ["EpochRows", "RowTables"]
 
@@ -215,15 +221,7 @@ class EpochRows:
         The permutation TabularDataset.shuffled_batch_indices draws for as many rows
         (drawn on the CPU, moved to `device` once), so the batches are the same.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = len(self)
-        stop = n - n % batch_size if drop_last else n
-        order = torch.randperm(n, generator=generator)
-        if device is not None:
-            order = order.to(device)
-        for start in range(0, stop, batch_size):
-            yield order[start : start + batch_size]
+        return shuffled_batch_indices(len(self), batch_size, generator, drop_last, device)
 
     def iter_batches(
         self,
@@ -236,21 +234,16 @@ class EpochRows:
         if shuffle:
             indices = self.shuffled_batch_indices(batch_size, generator, drop_last)
         else:
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-            n = len(self)
-            stop = n - n % batch_size if drop_last else n
-            device = self.negatives.device
+            n, device = len(self), self.negatives.device
             indices = (
                 torch.arange(start, min(start + batch_size, n), device=device)
-                for start in range(0, stop, batch_size)
+                for start in batch_starts(n, batch_size, drop_last)
             )
         for index in indices:
             yield self.take(index)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // batch_size if drop_last else -(-n // batch_size)
+        return num_batches(len(self), batch_size, drop_last)
 
     # ------------------------------------------------------------ materialised
     def materialise(self) -> TabularDataset:
