@@ -227,37 +227,31 @@ def _catalogue_chunks(split: EvalSplit, model):
     return scorer.chunks(model, split.user_features)
 
 
+def _split_like(split: EvalSplit, **changes) -> EvalSplit:
+    """An EvalSplit with `split`'s tables and lists, and `changes` in place of some."""
+    fields = dict(
+        num_candidates=split.num_candidates,
+        user_ids=split.user_ids,
+        user_features=split.user_features,
+        item_features=split.item_features,
+        item_ids=split.item_ids,
+        positive_item_index=split.positive_item_index,
+        exclude_indptr=split.exclude_indptr,
+        exclude_items=split.exclude_items,
+        candidate_rows=split.candidate_rows,
+        field_order=split.field_order,
+    )
+    return EvalSplit(split.name, **{**fields, **changes})
+
+
 def test_evaluator_rejects_candidates_that_do_not_fit_the_split(built):
     _, val, _ = built
-    bad = EvalSplit(
-        "val",
-        num_candidates=val.num_candidates,
-        user_ids=val.user_ids,
-        user_features=val.user_features,
-        item_features=val.item_features,
-        item_ids=val.item_ids,
-        positive_item_index=val.positive_item_index,
-        exclude_indptr=val.exclude_indptr,
-        exclude_items=val.exclude_items,
-        candidate_rows=val.candidate_rows[:, ::-1].copy(),  # the positive last
-        field_order=val.field_order,
-    )
+    bad = _split_like(val, candidate_rows=val.candidate_rows[:, ::-1].copy())  # positive last
     with pytest.raises(ValueError, match="column 0 of candidate_rows; 943 of 943 users differ"):
         RankingEvaluator(bad)
     with pytest.raises(ValueError, match="field_order to name each column"):
-        EvalSplit(
-            "val",
-            num_candidates=val.num_candidates,
-            user_ids=val.user_ids,
-            user_features=val.user_features,
-            item_features=val.item_features,
-            item_ids=val.item_ids,
-            positive_item_index=val.positive_item_index,
-            exclude_indptr=val.exclude_indptr,
-            exclude_items=val.exclude_items,
-            candidate_rows=val.candidate_rows,
-            field_order=val.field_order[:-1],  # a table column no candidate row carries
-        )
+        # a table column no candidate row carries
+        _split_like(val, field_order=val.field_order[:-1])
 
 
 # ------------------------------------------------------------- at a larger shape
